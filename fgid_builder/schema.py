@@ -1,0 +1,262 @@
+"""The FGID sample: label map, key rules, reject reasons and the per-face record.
+
+This module is the contract between the builder, the shard writer, the index, training and eval
+(see DESIGN.md, "The sample"). Nothing here imports a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+PORTRAIT_SIZE = 512
+
+# CelebAMask-HQ ids as facexlib's BiSeNet emits them. The official ConsistentID table mislabels
+# 6, 9, 11, 15, 17 and 18; these are the ids the network actually produces.
+LABELS: dict[int, str] = {
+    0: "background",
+    1: "skin",
+    2: "l_brow",
+    3: "r_brow",
+    4: "l_eye",
+    5: "r_eye",
+    6: "eye_g",
+    7: "l_ear",
+    8: "r_ear",
+    9: "ear_r",
+    10: "nose",
+    11: "mouth",
+    12: "u_lip",
+    13: "l_lip",
+    14: "neck",
+    15: "neck_l",
+    16: "cloth",
+    17: "hair",
+    18: "hat",
+}
+LABEL_IDS: dict[str, int] = {name: i for i, name in LABELS.items()}
+NUM_LABELS = len(LABELS)
+
+# Colours for previews (the CelebAMask-HQ palette order, by id).
+LABEL_COLORS: dict[int, tuple[int, int, int]] = {
+    0: (0, 0, 0),
+    1: (204, 0, 0),
+    2: (76, 153, 0),
+    3: (204, 204, 0),
+    4: (51, 51, 255),
+    5: (204, 0, 204),
+    6: (0, 255, 255),
+    7: (255, 204, 204),
+    8: (102, 51, 0),
+    9: (255, 0, 0),
+    10: (102, 204, 0),
+    11: (255, 255, 0),
+    12: (0, 0, 153),
+    13: (0, 0, 204),
+    14: (255, 51, 153),
+    15: (0, 204, 204),
+    16: (0, 51, 0),
+    17: (255, 153, 51),
+    18: (0, 204, 0),
+}
+
+# The five facial regions ConsistentID captions and encodes, and the label ids each covers.
+REGION_NAMES: tuple[str, ...] = ("face", "ears", "eyes", "nose", "mouth")
+REGION_LABELS: dict[str, tuple[int, ...]] = {
+    "face": (1,),
+    "ears": (7, 8),
+    "eyes": (4, 5),
+    "nose": (10,),
+    "mouth": (11, 12, 13),
+}
+# Labels a portrait's foreground covers (person, not background/clothes are included).
+FOREGROUND_LABELS: tuple[int, ...] = tuple(i for i in LABELS if i != 0)
+
+# The five-point landmark order used everywhere (as insightface emits it): image-left eye,
+# image-right eye, nose tip, image-left mouth corner, image-right mouth corner.
+LANDMARKS5_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
+
+class Reason(str, Enum):
+    """Why an input (or a face of it) produced no sample. The value is the index reason code."""
+
+    EMPTY_FILE = "empty_file"
+    NOT_AN_IMAGE = "not_an_image"
+    TRUNCATED = "truncated"
+    TOO_LARGE = "too_large"  # over the pixel limit (decompression bomb guard)
+    TOO_SMALL = "too_small"  # the whole image is under the minimum side
+    UNREADABLE = "unreadable"  # I/O error, permission, symlink loop
+    DUPLICATE = "duplicate"  # same bytes as another input; its samples are recorded once
+    NO_FACE = "no_face"
+    TOO_MANY_FACES = "too_many_faces"
+    FACE_TOO_SMALL = "face_too_small"
+    ERROR = "error"  # an unexpected exception in a stage; detail holds the message
+
+
+class ImageRejected(Exception):
+    """Raised by library code for an input that cannot become a sample; carries the reason."""
+
+    def __init__(self, reason: Reason, detail: str = ""):
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+        self.reason = reason
+        self.detail = detail
+
+
+class ModelFileError(Exception):
+    """A weight file is missing, truncated or of the wrong format.
+
+    The message is one line naming the file and where it is expected; the CLI exits with 2.
+    """
+
+
+_KEY_RE = re.compile(r"^[0-9a-f]{16}_f[0-9]+$")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def make_key(source_sha256: str, face_index: int) -> str:
+    """`{sha256(source bytes)[:16]}_f{face_index}`: never derived from a file name."""
+    if not re.fullmatch(r"[0-9a-f]{16,64}", source_sha256):
+        raise ValueError(f"not a hex sha256: {source_sha256!r}")
+    if face_index < 0:
+        raise ValueError("face_index must be >= 0")
+    return f"{source_sha256[:16]}_f{face_index}"
+
+
+def is_valid_key(key: str) -> bool:
+    return bool(_KEY_RE.match(key))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What produced a stage's output: recorded with every sample."""
+
+    name: str
+    version: str
+    weights_sha256: str | None = None
+    prompt: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "version": self.version,
+            "weights_sha256": self.weights_sha256,
+        }
+        if self.prompt is not None:
+            out["prompt"] = self.prompt
+        return out
+
+
+@dataclass
+class DetectedFace:
+    """One face as a detector reports it, in upright source-image pixels."""
+
+    bbox: tuple[float, float, float, float]  # x0, y0, x1, y1
+    score: float
+    landmarks5: np.ndarray  # (5, 2) float32, LANDMARKS5_NAMES order
+    landmarks: np.ndarray | None = None  # (68, 2) or (106, 2) float32 dense landmarks, if any
+
+    @property
+    def size(self) -> float:
+        """Face size in pixels: the shorter side of the box."""
+        x0, y0, x1, y1 = self.bbox
+        return float(min(x1 - x0, y1 - y0))
+
+
+@dataclass
+class Captions:
+    global_: str
+    facial: str
+    regions: dict[str, str]  # exactly REGION_NAMES
+
+    def to_json(self) -> dict[str, Any]:
+        return {"global": self.global_, "facial": self.facial, "regions": dict(self.regions)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Captions:
+        return cls(global_=d["global"], facial=d["facial"], regions=dict(d["regions"]))
+
+
+@dataclass
+class FaceSample:
+    """One face of one photo, filled in stage by stage.
+
+    `portrait`, `mask` and `embedding` are arrays; `meta` is the JSON member minus what the
+    writer adds (`schema_version`, `key`). Landmarks inside `meta["face"]` are in source pixels;
+    `portrait_landmarks5` / `portrait_landmarks` are the same points in portrait pixels, which is
+    what parse / embed / caption backends read.
+    """
+
+    key: str
+    source: dict[str, Any]  # uri, sha256, width, height
+    face: dict[str, Any]  # index, bbox, landmarks5, landmarks, det_score, area_ratio, yaw...
+    crop_affine: list[list[float]]  # 2x3, source pixels -> portrait pixels
+    portrait: np.ndarray  # (512, 512, 3) uint8 RGB
+    portrait_landmarks5: np.ndarray  # (5, 2) float32
+    portrait_landmarks: np.ndarray | None = None  # (68|106, 2) float32
+    mask: np.ndarray | None = None  # (512, 512) uint8 label map
+    embedding: np.ndarray | None = None  # (D,) float32, unit norm
+    regions: dict[str, Any] = field(default_factory=dict)
+    captions: Captions | None = None
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        emb_dim = None if self.embedding is None else int(self.embedding.shape[0])
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "key": self.key,
+            "source": self.source,
+            "face": self.face,
+            "crop": {"affine": self.crop_affine, "size": PORTRAIT_SIZE},
+            "regions": self.regions,
+            "captions": None if self.captions is None else self.captions.to_json(),
+            "embedding": {"dim": emb_dim, "dtype": "float32", "normalized": True},
+            "models": self.models,
+        }
+
+
+def region_stats(mask: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Per-region presence, area fraction and bbox (x0, y0, x1, y1) from a label map."""
+    h, w = mask.shape
+    out: dict[str, dict[str, Any]] = {}
+    for name in REGION_NAMES:
+        sel = np.isin(mask, REGION_LABELS[name])
+        n = int(sel.sum())
+        if n == 0:
+            out[name] = {"present": False, "area": 0.0, "bbox": None}
+            continue
+        ys, xs = np.nonzero(sel)
+        out[name] = {
+            "present": True,
+            "area": round(n / float(h * w), 6),
+            "bbox": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
+        }
+    return out
+
+
+def dumps_json(obj: Any) -> bytes:
+    """Canonical JSON bytes: sorted keys, no whitespace variance, so shards are reproducible."""
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    """`.npy` bytes without pickle (object arrays are refused)."""
+    if arr.dtype == object:
+        raise TypeError("object arrays would need pickle")
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
