@@ -1,0 +1,255 @@
+"""The planning pass: list inputs, hash them, drop duplicates, fix which image goes in which shard.
+
+The plan is a pure function of the input bytes, the input paths and `shard_size`, written once to
+`OUT/plan.parquet`; every later step (workers, resume) reads it, so the shard an image lands in
+never depends on timing or on the number of workers.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import logging
+import os
+import stat
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fgid_builder.index import reject_row
+from fgid_builder.schema import Reason
+from fgid_builder.shards import atomic_write_bytes, shard_name
+
+log = logging.getLogger(__name__)
+
+# Files under an input folder are taken when their suffix says image; anything else is skipped
+# (and counted). A list file's entries are taken as given, whatever their suffix.
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
+)
+PLANNED = "planned"
+REJECTED = "rejected"
+
+PLAN_SCHEMA = pa.schema(
+    [
+        pa.field("order", pa.int64(), nullable=False),  # position in the sorted input list
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # planned | rejected
+        pa.field("reason", pa.string()),
+        pa.field("detail", pa.string()),
+        pa.field("source_sha256", pa.string()),
+        pa.field("source_bytes", pa.int64()),
+        pa.field("duplicate_of", pa.string()),  # key prefix of the copy that is kept
+        pa.field("shard", pa.string()),  # "000042" for planned images
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One input as listed: a readable-looking path, or a problem found while listing."""
+
+    uri: str
+    reason: Reason | None = None
+    detail: str = ""
+
+
+def _uri(path: str | os.PathLike) -> str:
+    return os.path.abspath(os.fspath(path))
+
+
+def walk_folder(root: str | os.PathLike) -> tuple[list[Listed], int]:
+    """Image files under `root`, recursively, following symlinks but never around a loop.
+
+    Returns the listed entries (a symlink loop or dangling link is an UNREADABLE entry, not a
+    hang) and the number of files skipped for not having an image suffix."""
+    out: list[Listed] = []
+    skipped = 0
+
+    def visit(folder: str, ancestors: frozenset[tuple[int, int]]) -> None:
+        nonlocal skipped
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            out.append(Listed(_uri(folder), Reason.UNREADABLE, f"cannot list folder: {e}"))
+            return
+        for entry in entries:
+            path = entry.path
+            try:
+                st = os.stat(path)  # follows symlinks
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    detail = "symlink loop"
+                elif entry.is_symlink():
+                    detail = f"dangling symlink: {e.strerror}"
+                else:
+                    detail = f"cannot stat: {e.strerror}"
+                out.append(Listed(_uri(path), Reason.UNREADABLE, detail))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                ident = (st.st_dev, st.st_ino)
+                if ident in ancestors:
+                    out.append(
+                        Listed(
+                            _uri(path), Reason.UNREADABLE, "symlink loop (folder links to itself)"
+                        )
+                    )
+                    continue
+                visit(path, ancestors | {ident})
+            elif stat.S_ISREG(st.st_mode):
+                if Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+                    out.append(Listed(_uri(path)))
+                else:
+                    skipped += 1
+            else:
+                skipped += 1  # fifos, sockets, devices: never opened
+
+    st = os.stat(root)
+    visit(os.fspath(root), frozenset({(st.st_dev, st.st_ino)}))
+    return out, skipped
+
+
+def read_list_file(path: str | os.PathLike) -> list[Listed]:
+    """A text file of paths, one a line (blank lines and `#` comments skipped); relative paths
+    are relative to the list file's folder."""
+    base = Path(path).resolve().parent
+    out: list[Listed] = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        p = Path(line).expanduser()
+        out.append(Listed(_uri(p if p.is_absolute() else base / p)))
+    return out
+
+
+def list_inputs(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Listed]:
+    """A folder, a list file, or an explicit sequence of paths -> listed inputs, sorted by uri.
+
+    The same uri listed twice is kept once (it is the same input, not a copy)."""
+    if isinstance(source, str | os.PathLike):
+        src = Path(source)
+        if src.is_dir():
+            listed, skipped = walk_folder(src)
+            if skipped:
+                log.info("skipped %d files without an image suffix under %s", skipped, src)
+        elif src.is_file():
+            listed = read_list_file(src)
+        else:
+            raise FileNotFoundError(f"input not found: {src} (a folder or a text file of paths)")
+    else:
+        listed = [Listed(_uri(p)) for p in source]
+    unique: dict[str, Listed] = {}
+    for item in listed:
+        unique.setdefault(item.uri, item)
+    return [unique[u] for u in sorted(unique)]
+
+
+def hash_file(path: str) -> tuple[str | None, int | None, Reason | None, str]:
+    """(sha256, size, None, "") or (None, None, reason, detail) when the file cannot be read."""
+    try:
+        h = hashlib.sha256()
+        size = 0
+        with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return None, None, Reason.UNREADABLE, "not a regular file"
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+                size += len(chunk)
+    except OSError as e:
+        detail = "symlink loop" if e.errno == errno.ELOOP else f"{type(e).__name__}: {e.strerror}"
+        return None, None, Reason.UNREADABLE, detail
+    return h.hexdigest(), size, None, ""
+
+
+def make_plan(listed: Sequence[Listed], *, shard_size: int, threads: int = 4) -> pa.Table:
+    """Hash every input (threads: hashing and reads release the GIL), keep the first path of each
+    content, and cut the unique images into shards of `shard_size` in input order."""
+    if shard_size < 1:
+        raise ValueError("shard_size must be >= 1")
+    to_hash = [i for i, item in enumerate(listed) if item.reason is None]
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        hashed = dict(
+            zip(to_hash, pool.map(hash_file, [listed[i].uri for i in to_hash]), strict=True)
+        )
+    rows: list[dict[str, Any]] = []
+    first_by_sha: dict[str, str] = {}
+    n_unique = 0
+    for order, item in enumerate(listed):
+        row: dict[str, Any] = {"order": order, "source_uri": item.uri, "status": REJECTED}
+        if item.reason is not None:
+            row.update(reason=item.reason.value, detail=item.detail)
+            rows.append(row)
+            continue
+        sha, size, reason, detail = hashed[order]
+        row.update(source_sha256=sha, source_bytes=size)
+        if reason is not None:
+            row.update(reason=reason.value, detail=detail)
+        elif sha in first_by_sha:
+            row.update(
+                reason=Reason.DUPLICATE.value,
+                detail=f"same bytes as {first_by_sha[sha]}",
+                duplicate_of=sha[:16],
+            )
+        else:
+            first_by_sha[sha] = item.uri
+            row.update(status=PLANNED, shard=shard_name(n_unique // shard_size))
+            n_unique += 1
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)
+
+
+def plan_bytes(plan: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(
+        plan.replace_schema_metadata(None),
+        sink,
+        compression="zstd",
+        compression_level=3,
+        data_page_version="1.0",
+        version="2.6",
+    )
+    return sink.getvalue()
+
+
+def write_plan(path: str | os.PathLike, plan: pa.Table) -> None:
+    atomic_write_bytes(path, plan_bytes(plan))
+
+
+def read_plan(path: str | os.PathLike) -> pa.Table:
+    return pq.read_table(path, schema=PLAN_SCHEMA)
+
+
+def planned_images(plan: pa.Table) -> list[dict[str, Any]]:
+    """The rows of images to process, in input order."""
+    return [r for r in plan.to_pylist() if r["status"] == PLANNED]
+
+
+def shard_sizes(plan: pa.Table) -> dict[str, int]:
+    """shard name -> number of planned images in it."""
+    sizes: dict[str, int] = {}
+    for r in planned_images(plan):
+        sizes[r["shard"]] = sizes.get(r["shard"], 0) + 1
+    return dict(sorted(sizes.items()))
+
+
+def plan_reject_rows(plan: pa.Table) -> Iterable[dict[str, Any]]:
+    """Index rows of the inputs rejected while planning (unreadable, duplicates)."""
+    for r in plan.to_pylist():
+        if r["status"] != REJECTED:
+            continue
+        yield reject_row(
+            source_uri=r["source_uri"],
+            reason=r["reason"],
+            detail=r["detail"] or "",
+            source_sha256=r["source_sha256"],
+            source_bytes=r["source_bytes"],
+            duplicate_of=r["duplicate_of"],
+        )
