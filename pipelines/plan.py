@@ -40,6 +40,7 @@ PLAN_SCHEMA = pa.schema(
     [
         pa.field("order", pa.int64(), nullable=False),  # position in the sorted input list
         pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),  # absolute, where this run reads it
         pa.field("status", pa.string(), nullable=False),  # planned | rejected
         pa.field("reason", pa.string()),
         pa.field("detail", pa.string()),
@@ -53,14 +54,17 @@ PLAN_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class Listed:
-    """One input as listed: a readable-looking path, or a problem found while listing."""
+    """One input as listed: where to read it (`path`), what the dataset calls it (`uri`: relative
+    to the input folder, or as written in the list file, so a dataset does not depend on where
+    its inputs were mounted), or a problem found while listing."""
 
     uri: str
+    path: str
     reason: Reason | None = None
     detail: str = ""
 
 
-def _uri(path: str | os.PathLike) -> str:
+def _abs(path: str | os.PathLike) -> str:
     return os.path.abspath(os.fspath(path))
 
 
@@ -71,6 +75,11 @@ def walk_folder(root: str | os.PathLike) -> tuple[list[Listed], int]:
     hang) and the number of files skipped for not having an image suffix."""
     out: list[Listed] = []
     skipped = 0
+    root = os.fspath(root)
+
+    def listed(path: str, reason: Reason | None = None, detail: str = "") -> Listed:
+        uri = Path(os.path.relpath(path, root)).as_posix()
+        return Listed(uri, _abs(path), reason, detail)
 
     def visit(folder: str, ancestors: frozenset[tuple[int, int]]) -> None:
         nonlocal skipped
@@ -78,7 +87,7 @@ def walk_folder(root: str | os.PathLike) -> tuple[list[Listed], int]:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
-            out.append(Listed(_uri(folder), Reason.UNREADABLE, f"cannot list folder: {e}"))
+            out.append(listed(folder, Reason.UNREADABLE, f"cannot list folder: {e}"))
             return
         for entry in entries:
             path = entry.path
@@ -91,28 +100,26 @@ def walk_folder(root: str | os.PathLike) -> tuple[list[Listed], int]:
                     detail = f"dangling symlink: {e.strerror}"
                 else:
                     detail = f"cannot stat: {e.strerror}"
-                out.append(Listed(_uri(path), Reason.UNREADABLE, detail))
+                out.append(listed(path, Reason.UNREADABLE, detail))
                 continue
             if stat.S_ISDIR(st.st_mode):
                 ident = (st.st_dev, st.st_ino)
                 if ident in ancestors:
                     out.append(
-                        Listed(
-                            _uri(path), Reason.UNREADABLE, "symlink loop (folder links to itself)"
-                        )
+                        listed(path, Reason.UNREADABLE, "symlink loop (folder links to itself)")
                     )
                     continue
                 visit(path, ancestors | {ident})
             elif stat.S_ISREG(st.st_mode):
                 if Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
-                    out.append(Listed(_uri(path)))
+                    out.append(listed(path))
                 else:
                     skipped += 1
             else:
                 skipped += 1  # fifos, sockets, devices: never opened
 
     st = os.stat(root)
-    visit(os.fspath(root), frozenset({(st.st_dev, st.st_ino)}))
+    visit(root, frozenset({(st.st_dev, st.st_ino)}))
     return out, skipped
 
 
@@ -126,7 +133,7 @@ def read_list_file(path: str | os.PathLike) -> list[Listed]:
         if not line or line.startswith("#"):
             continue
         p = Path(line).expanduser()
-        out.append(Listed(_uri(p if p.is_absolute() else base / p)))
+        out.append(Listed(line, _abs(p if p.is_absolute() else base / p)))
     return out
 
 
@@ -145,7 +152,7 @@ def list_inputs(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
         else:
             raise FileNotFoundError(f"input not found: {src} (a folder or a text file of paths)")
     else:
-        listed = [Listed(_uri(p)) for p in source]
+        listed = [Listed(_abs(p), _abs(p)) for p in source]
     unique: dict[str, Listed] = {}
     for item in listed:
         unique.setdefault(item.uri, item)
@@ -177,13 +184,18 @@ def make_plan(listed: Sequence[Listed], *, shard_size: int, threads: int = 4) ->
     to_hash = [i for i, item in enumerate(listed) if item.reason is None]
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         hashed = dict(
-            zip(to_hash, pool.map(hash_file, [listed[i].uri for i in to_hash]), strict=True)
+            zip(to_hash, pool.map(hash_file, [listed[i].path for i in to_hash]), strict=True)
         )
     rows: list[dict[str, Any]] = []
     first_by_sha: dict[str, str] = {}
     n_unique = 0
     for order, item in enumerate(listed):
-        row: dict[str, Any] = {"order": order, "source_uri": item.uri, "status": REJECTED}
+        row: dict[str, Any] = {
+            "order": order,
+            "source_uri": item.uri,
+            "path": item.path,
+            "status": REJECTED,
+        }
         if item.reason is not None:
             row.update(reason=item.reason.value, detail=item.detail)
             rows.append(row)
@@ -192,6 +204,8 @@ def make_plan(listed: Sequence[Listed], *, shard_size: int, threads: int = 4) ->
         row.update(source_sha256=sha, source_bytes=size)
         if reason is not None:
             row.update(reason=reason.value, detail=detail)
+        elif size == 0:  # every empty file has the same hash; none is a copy of another
+            row.update(reason=Reason.EMPTY_FILE.value, detail="0 bytes")
         elif sha in first_by_sha:
             row.update(
                 reason=Reason.DUPLICATE.value,
