@@ -1,10 +1,14 @@
 """Quality figures recorded per face: sharpness, head pose and how much of the photo it fills.
 
 Head pose comes from the five points alone (so every detector backend gets the same figure):
-roll is the angle of the eye line; yaw and pitch come from `cv2.solvePnP` (SQPnP) fitting a
-generic adult face (`GENERIC_FACE_5`, millimetres, anthropometric means) to the five points with
-a pinhole camera whose focal length is the photo's longer side and whose centre is the photo's
-centre. Five points and a generic face give angles good to roughly +-10 degrees: enough to tell
+- roll is the angle of the eye line;
+- yaw comes from `cv2.solvePnP` (SQPnP) fitting a generic adult face (`GENERIC_FACE_5`,
+  millimetres) to the five points with a pinhole camera whose focal length is the photo's longer
+  side and whose centre is the photo's centre;
+- pitch comes from how far the nose tip sits below the eye line, relative to the eye distance
+  (corrected for yaw), solved on the same generic face. The mouth corners are left out of pitch
+  on purpose: a smile lifts them and would read as a face tilted down.
+Five points and a generic face give angles good to roughly +-10 degrees: enough to tell
 frontal from three-quarter from profile, not a measurement to regress on.
 
 Sign conventions (image frame, as the viewer sees the photo):
@@ -27,8 +31,8 @@ import numpy as np
 # from the eye line to the mouth line), so a typical portrait reads as pitch ~0.
 GENERIC_FACE_5 = np.array(
     [
-        [-31.5, -34.0, 27.0],  # image-left eye centre (the person's right eye)
-        [31.5, -34.0, 27.0],  # image-right eye centre
+        [-31.5, -35.0, 27.0],  # image-left eye centre (the person's right eye)
+        [31.5, -35.0, 27.0],  # image-right eye centre
         [0.0, 0.0, 0.0],  # nose tip
         [-28.5, 28.0, 22.0],  # image-left mouth corner
         [28.5, 28.0, 22.0],  # image-right mouth corner
@@ -78,8 +82,26 @@ def head_pose(landmarks5: np.ndarray, width: int, height: int) -> tuple[float, f
     # The face's forward direction (towards the camera is -z in camera axes).
     fwd = rot @ np.array([0.0, 0.0, -1.0])
     yaw = math.degrees(math.atan2(fwd[0], -fwd[2]))
-    pitch = math.degrees(math.atan2(-fwd[1], math.hypot(fwd[0], fwd[2])))
-    return yaw, pitch, roll
+    return yaw, _pitch_from_nose(landmarks5, yaw), roll
+
+
+def _pitch_from_nose(landmarks5: np.ndarray, yaw: float) -> float:
+    """Pitch from the nose tip's drop below the eye line: on the generic face the drop is
+    `eye_y cos(p) - depth sin(p)` for an eye distance of `2 eye_x cos(yaw)`."""
+    lm = np.asarray(landmarks5, dtype=np.float64).reshape(5, 2)
+    eye_vec = lm[1] - lm[0]
+    iod = float(np.hypot(*eye_vec))
+    if iod < 1e-6:
+        return 0.0
+    down = np.array([-eye_vec[1], eye_vec[0]]) / iod  # perpendicular to the eye line, downwards
+    drop = float(np.dot(lm[2] - (lm[0] + lm[1]) / 2, down))
+    eye_x, eye_y, depth = GENERIC_FACE_5[1]
+    model_iod = 2 * eye_x * max(math.cos(math.radians(yaw)), 0.3)
+    drop_mm = drop / iod * model_iod
+    radius = math.hypot(-eye_y, depth)
+    phase = math.atan2(depth, -eye_y)
+    c = max(-1.0, min(1.0, drop_mm / radius))
+    return math.degrees(math.acos(c) - phase)
 
 
 def area_ratio(bbox: tuple[float, float, float, float] | list, width: int, height: int) -> float:
