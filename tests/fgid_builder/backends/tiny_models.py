@@ -269,3 +269,201 @@ def truncate(path: Path, keep: float = 0.5) -> Path:
     data = Path(path).read_bytes()
     Path(path).write_bytes(data[: max(1, int(len(data) * keep))])
     return path
+
+
+# -- transformers vision-language models -----------------------------------------------------
+
+_CORPUS = [
+    "Please describe the people in the image, including their gender, age, clothing, facial "
+    "expressions, and any other distinguishing features.",
+    "Describe this person's facial features for me, including face, ears, eyes, nose, and mouth.",
+    "The person has an oval face with smooth skin. Her ears are small. His eyes are brown and "
+    "wide-set. The nose is straight. The mouth is wide with thin lips and a smile.",
+    "A young woman with short hair wearing a black shirt, smiling. An old man with a beard.",
+    "USER: ASSISTANT: user assistant system",
+]
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: "
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n"
+    "{% else %}{{ item['text'] }}{% endif %}{% endfor %} {% else %}ASSISTANT: "
+    "{% for item in message['content'] %}{{ item['text'] }}{% endfor %}</s>{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+QWEN2VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def bpe_tokenizer(special: list[str], *, vocab_size: int = 400, **named: str):
+    """A byte-level BPE tokenizer trained here on a few sentences (no hub)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **named)
+
+
+def tiny_llava(
+    path: Path, *, seed: int = 0, image_size: int = 32, layers: int = 2, hidden: int = 64
+) -> Path:
+    """A LLaVA-1.5-shaped model (CLIP vision tower + projector + Llama) with random weights."""
+    import torch
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tok = bpe_tokenizer(
+        ["<unk>", "<s>", "</s>", "<pad>", "<image>"],
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+    )
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    image_id = tok.convert_tokens_to_ids("<image>")
+    patch = 8
+    vision = CLIPVisionConfig(
+        image_size=image_size,
+        patch_size=patch,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        projection_dim=32,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=image_id,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        image_seq_length=(image_size // patch) ** 2,
+    )
+    config.pad_token_id = tok.pad_token_id
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=patch,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+        image_token="<image>",
+    )
+    path = Path(path)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def tiny_qwen2vl(path: Path, *, seed: int = 0) -> Path:
+    """A Qwen2-VL-shaped model (ViT with 2x2 merge, M-RoPE text model) with random weights."""
+    import torch
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    special = [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+    ]
+    tok = bpe_tokenizer(special, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": special[1:]})
+    ids = {t: tok.convert_tokens_to_ids(t) for t in special}
+    hidden = 64
+    config = Qwen2VLConfig(
+        text_config={
+            "vocab_size": len(tok),
+            "hidden_size": hidden,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 2048,
+            "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": [2, 3, 3],
+            },
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+            "bos_token_id": None,
+        },
+        vision_config={
+            "depth": 2,
+            "embed_dim": 32,
+            "hidden_size": hidden,
+            "num_heads": 2,
+            "mlp_ratio": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "in_chans": 3,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
+    processor = Qwen2VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=QWEN2VL_CHAT_TEMPLATE,
+    )
+    path = Path(path)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
