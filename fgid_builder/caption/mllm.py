@@ -91,7 +91,7 @@ class MLLMCaptioner(Backend):
         models_dir: str | None = None,
         model_path: str | None = None,
         batch_size: int = 8,
-        device: str = "cpu",
+        device: str = "auto",
         dtype: str = "auto",
         global_question: str = FGID_GLOBAL_QUESTION,
         facial_question: str = FGID_FACIAL_QUESTION,
@@ -130,11 +130,20 @@ class MLLMCaptioner(Backend):
     def _folder(self) -> Path:
         return resolve_model_folder(self.model, self.models_dir, self.model_path)
 
+    def _device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device={self.device!r} but torch sees no CUDA device")
+        return self.device
+
     def _torch_dtype(self) -> Any:
         import torch
 
         if self.dtype == "auto":
-            return torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+            return torch.bfloat16 if self._device().startswith("cuda") else torch.float32
         return getattr(torch, _DTYPES[self.dtype])
 
     def _processor(self) -> Any:
@@ -172,8 +181,6 @@ class MLLMCaptioner(Backend):
         self._processor()
         if self.num_threads:
             torch.set_num_threads(int(self.num_threads))
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"device={self.device!r} but torch sees no CUDA device")
         try:
             model = AutoModelForImageTextToText.from_pretrained(
                 str(folder), local_files_only=True, dtype=self._torch_dtype()
@@ -183,7 +190,8 @@ class MLLMCaptioner(Backend):
             raise ModelFileError(
                 f"MLLM captioner weights cannot be loaded: {folder} ({msg})"
             ) from None
-        self._m_model = model.to(self.device).eval()
+        self._m_device = self._device()
+        self._m_model = model.to(self._m_device).eval()
 
     # -- prompts ------------------------------------------------------------------------------
     def _template_source(self) -> str:
@@ -254,9 +262,9 @@ class MLLMCaptioner(Backend):
             )
             inputs = {
                 k: (
-                    v.to(self.device, dtype=dtype)
+                    v.to(self._m_device, dtype=dtype)
                     if torch.is_floating_point(v)
-                    else v.to(self.device)
+                    else v.to(self._m_device)
                 )
                 if hasattr(v, "to")
                 else v

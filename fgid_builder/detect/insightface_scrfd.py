@@ -149,8 +149,13 @@ def require_task(routed: dict[str, OnnxModelSpec], task: str, root: Path, exampl
 
 
 def ort_session(path: str, *, device: str, num_threads: int | None) -> Any:
-    """An onnxruntime session on CPU, or CUDA first when `device` is cuda[:N]."""
+    """An onnxruntime session on CPU, or CUDA first when `device` is cuda[:N]; `auto` takes
+    CUDA when onnxruntime has it and this process is allowed a GPU."""
     import onnxruntime as ort
+
+    if device == "auto":
+        has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+        device = "cuda" if has_cuda and os.environ.get("CUDA_VISIBLE_DEVICES") != "" else "cpu"
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -209,7 +214,7 @@ class InsightFaceDetector(Backend):
 
     Options: `pack` (buffalo_l | antelopev2 | any pack folder name), `models_dir`, `pack_dir`
     (explicit folder), `det_size` (square letterbox side, 640 as insightface), `det_thresh`,
-    `nms_thresh`, `landmarks_106` (run 2d106det when present), `device` (cpu | cuda[:N]),
+    `nms_thresh`, `landmarks_106` (run 2d106det when present), `device` (auto | cpu | cuda[:N]),
     `num_threads` (onnxruntime intra-op threads).
     """
 
@@ -226,7 +231,7 @@ class InsightFaceDetector(Backend):
         det_thresh: float = 0.5,
         nms_thresh: float = 0.4,
         landmarks_106: bool = True,
-        device: str = "cpu",
+        device: str = "auto",
         num_threads: int | None = None,
     ) -> None:
         super().__init__()

@@ -30,7 +30,7 @@ class RetinaFaceDetector(Backend):
     Options: `network` (resnet50 | mobile0.25), `models_dir`, `weights` (explicit .pth),
     `conf_threshold` (0.8, facexlib's default), `nms_threshold` (0.4), `max_side` (downscale
     so the longer side is at most this; 0 keeps the original size as facexlib does),
-    `device` (cpu | cuda[:N]), `num_threads`.
+    `device` (auto | cpu | cuda[:N]), `num_threads`.
     """
 
     stage = "detect"
@@ -45,7 +45,7 @@ class RetinaFaceDetector(Backend):
         conf_threshold: float = 0.8,
         nms_threshold: float = 0.4,
         max_side: int = 1280,
-        device: str = "cpu",
+        device: str = "auto",
         num_threads: int | None = None,
     ) -> None:
         super().__init__()

@@ -68,7 +68,7 @@ class ArcFaceEmbedder(Backend):
     """ArcFace on the aligned 112 crop; rows L2-normalised float32.
 
     Options: `pack` (buffalo_l | antelopev2), `models_dir`, `pack_dir`, `model_file` (an
-    explicit recognition .onnx, overrides the pack), `device` (cpu | cuda[:N]), `num_threads`.
+    explicit recognition .onnx, overrides the pack), `device` (auto | cpu | cuda[:N]), `num_threads`.
     """
 
     stage = "embed"
@@ -81,7 +81,7 @@ class ArcFaceEmbedder(Backend):
         models_dir: str | None = None,
         pack_dir: str | None = None,
         model_file: str | None = None,
-        device: str = "cpu",
+        device: str = "auto",
         num_threads: int | None = None,
     ) -> None:
         super().__init__()

@@ -65,8 +65,11 @@ def load_weights_into(module: Any, path: str | os.PathLike, *, what: str) -> Non
 
 
 def torch_device(device: str) -> Any:
+    """`auto`: CUDA when this process sees a GPU (a Ray actor given num_gpus), else CPU."""
     import torch
 
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device={device!r} but torch sees no CUDA device")
     return torch.device(device)
@@ -75,7 +78,7 @@ def torch_device(device: str) -> Any:
 class BiSeNetParser(Backend):
     """19-class face parsing of the 512 portrait.
 
-    Options: `models_dir`, `weights` (explicit .pth), `device` (cpu | cuda[:N]), `input_size`
+    Options: `models_dir`, `weights` (explicit .pth), `device` (auto | cpu | cuda[:N]), `input_size`
     (network input side; 512 as FGID), `half` (fp16 on CUDA), `num_threads` (torch CPU threads).
     """
 
@@ -87,7 +90,7 @@ class BiSeNetParser(Backend):
         *,
         models_dir: str | None = None,
         weights: str | None = None,
-        device: str = "cpu",
+        device: str = "auto",
         input_size: int = 512,
         half: bool = False,
         num_threads: int | None = None,
