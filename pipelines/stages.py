@@ -1,0 +1,813 @@
+"""`fgid stage {ingest,detect,parse,embed,caption,shard} IN OUT`: one pipeline stage, Parquet in,
+Parquet out, so DVC can cache, version and rerun each stage on its own.
+
+The stages are the same objects `fgid build` runs on Ray (`pipelines.ray_stages`, over the
+`fgid_builder` library), applied in process batch by batch; only the transport differs:
+
+- ingest: the build's planning pass (`pipelines.plan`: sorted listing, hashing, dedup) plus the
+  input bytes, one row per listed input (uris relative to an INPUT folder, never absolute);
+- detect / parse / embed / caption: one row per face (or per rejected input/face, with its index
+  row), the sample carried losslessly: portraits and masks as PNG, landmarks and embeddings as
+  `.npy` bytes, everything else as JSON. No pickle;
+- shard: encode, cut into shards of `--shard-size` images in input order, commit each shard
+  with the build's own writer (tar, index part, stats JSON), merge `OUT/index.parquet`.
+
+So with the same settings the staged path and `fgid build` write byte-identical shards and index.
+Every Parquet file is written deterministically (fixed schema, row order, row groups and writer
+options, no timestamps) and atomically (temporary name, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fgid_builder.faces import DEFAULT_MAX_FACES, DEFAULT_MIN_FACE
+from fgid_builder.registry import DEFAULTS, available
+from fgid_builder.schema import ImageRejected, ModelFileError, Reason
+
+log = logging.getLogger("fgid.stage")
+
+FACE_STAGES = ("detect", "parse", "embed", "caption")
+STAGE_ORDER = ("ingest", *FACE_STAGES, "shard")
+# The planning pass cuts shards here; the shard stage re-cuts with its own --shard-size, so a
+# new shard size reruns only that stage.
+_INGEST_SHARD_SIZE = 999_999
+
+INGEST_SCHEMA = pa.schema(
+    [
+        pa.field("order", pa.int64(), nullable=False),  # position in the sorted input list
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # planned | rejected (plan's words)
+        pa.field("reason", pa.string()),
+        pa.field("detail", pa.string()),
+        pa.field("source_sha256", pa.string()),
+        pa.field("source_bytes", pa.int64()),
+        pa.field("duplicate_of", pa.string()),
+        pa.field("data", pa.binary()),  # the input's bytes (planned rows only)
+    ]
+)
+
+FACE_SCHEMA = pa.schema(
+    [
+        pa.field("order", pa.int64(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("source_sha256", pa.string()),
+        pa.field("source_bytes", pa.int64()),
+        pa.field("planned", pa.bool_(), nullable=False),  # false: rejected while ingesting
+        pa.field("row_index", pa.int64(), nullable=False),  # this row among its image's rows
+        pa.field("image_rows", pa.int64(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # ok | rejected
+        pa.field("reason", pa.string()),
+        pa.field("index_row", pa.string()),  # canonical JSON index row of a reject
+        pa.field("key", pa.string()),
+        pa.field("sample", pa.string()),  # JSON: every FaceSample field that is not an array
+        pa.field("portrait", pa.binary()),  # PNG, 512x512 RGB
+        pa.field("portrait_landmarks5", pa.binary()),  # .npy float32 (5, 2)
+        pa.field("portrait_landmarks", pa.binary()),  # .npy float32 (68|106, 2)
+        pa.field("mask", pa.binary()),  # PNG, 512x512 label map
+        pa.field("embedding", pa.binary()),  # .npy float32 (D,)
+    ]
+)
+
+# Fixed writer options: same rows + same pyarrow version => same bytes. Images are already
+# compressed (PNG); zstd takes the rest.
+_PARQUET_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "compression_level": 3,
+    "use_dictionary": False,
+    "write_statistics": False,
+    "data_page_version": "1.0",
+    "version": "2.6",
+}
+_ROWS_PER_GROUP = 64  # rows per Parquet row group: bounds memory when a stage streams a file
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass
+class StageConfig:
+    """Every `fgid stage` option, one field each (`fgid stage NAME --help` is the reference)."""
+
+    stage: str
+    input: str
+    out: str
+    detector: str = DEFAULTS["detect"]
+    parser: str = DEFAULTS["parse"]
+    embedder: str = DEFAULTS["embed"]
+    captioner: str = DEFAULTS["caption"]
+    models_dir: str | None = None
+    min_face: int = DEFAULT_MIN_FACE
+    max_faces: int = DEFAULT_MAX_FACES
+    batch_size: int = 4
+    shard_size: int = 1000
+    threads: int = 2
+    stats: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGE_ORDER:
+            raise click.UsageError(f"unknown stage {self.stage!r}; stages: {STAGE_ORDER}")
+        for name, value in (
+            ("--batch-size", self.batch_size),
+            ("--shard-size", self.shard_size),
+            ("--min-face", self.min_face),
+            ("--threads", self.threads),
+        ):
+            if value < 1:
+                raise click.UsageError(f"{name} must be >= 1")
+        if self.max_faces < 0:
+            raise click.UsageError("--max-faces must be >= 0 (0 = no limit)")
+        for stage, name in self.backends().items():
+            if name not in available(stage):
+                raise click.UsageError(
+                    f"unknown {stage} backend {name!r}; choose one of: {', '.join(available(stage))}"
+                )
+
+    def backends(self) -> dict[str, str]:
+        return {
+            "detect": self.detector,
+            "parse": self.parser,
+            "embed": self.embedder,
+            "caption": self.captioner,
+        }
+
+
+# --------------------------------------------------------------------------- Parquet I/O
+
+
+class _AtomicParquet:
+    """A Parquet file written row group by row group to a temporary name, renamed at the end."""
+
+    def __init__(self, path: str | os.PathLike, schema: pa.Schema):
+        from fgid_builder.shards import temp_path_for
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.schema = schema
+        self.tmp = temp_path_for(self.path)
+        self.writer = pq.ParquetWriter(self.tmp, schema, **_PARQUET_OPTIONS)
+        self.rows = 0
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            table = pa.Table.from_pylist(
+                [{c: r.get(c) for c in self.schema.names} for r in rows], schema=self.schema
+            )
+            self.writer.write_table(table, row_group_size=_ROWS_PER_GROUP)
+            self.rows += len(rows)
+
+    def __enter__(self) -> _AtomicParquet:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        from fgid_builder.shards import fsync_dir
+
+        self.writer.close()
+        if exc_type is not None:
+            self.tmp.unlink(missing_ok=True)
+            return
+        with open(self.tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(self.tmp, self.path)
+        fsync_dir(self.path.parent)
+
+
+def _read_batches(path: str | os.PathLike, schema: pa.Schema, rows: int) -> Iterator[list[dict]]:
+    """Rows of a stage file in order, `rows` at a time, checked against the expected schema."""
+    f = pq.ParquetFile(path)
+    got = f.schema_arrow
+    missing = [n for n in schema.names if n not in got.names]
+    if missing:
+        raise click.UsageError(
+            f"{path} is not the output of the previous stage (missing columns {missing})"
+        )
+    for batch in f.iter_batches(batch_size=rows, columns=schema.names):
+        yield batch.to_pylist()
+
+
+def _num_rows(path: str | os.PathLike) -> int:
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+# --------------------------------------------------------------------------- sample codec
+
+
+def _png(arr: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _unpng(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.array(im)
+
+
+def _npy(arr: np.ndarray | None) -> bytes | None:
+    from fgid_builder.schema import npy_bytes
+
+    return None if arr is None else npy_bytes(np.ascontiguousarray(arr))
+
+
+def _unnpy(data: bytes | None) -> np.ndarray | None:
+    from fgid_builder.schema import load_npy
+
+    return None if data is None else load_npy(data)
+
+
+def _json(obj: Any) -> str:
+    # Insertion order kept (not sorted): a sample reads back exactly as it was built.
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def sample_columns(sample: Any) -> dict[str, Any]:
+    """A FaceSample as FACE_SCHEMA columns: arrays lossless (PNG / .npy), the rest JSON."""
+    captions = None if sample.captions is None else sample.captions.to_json()
+    scalars = {
+        "key": sample.key,
+        "source": sample.source,
+        "face": sample.face,
+        "crop_affine": sample.crop_affine,
+        "regions": sample.regions,
+        "captions": captions,
+        "models": sample.models,
+    }
+    return {
+        "key": sample.key,
+        "sample": _json(scalars),
+        "portrait": _png(sample.portrait),
+        "portrait_landmarks5": _npy(sample.portrait_landmarks5),
+        "portrait_landmarks": _npy(sample.portrait_landmarks),
+        "mask": None if sample.mask is None else _png(sample.mask),
+        "embedding": _npy(sample.embedding),
+    }
+
+
+def sample_from_columns(row: dict[str, Any]) -> Any:
+    """The FaceSample back from its columns, equal to the in-memory one of the fused path."""
+    from fgid_builder.schema import Captions, FaceSample
+
+    s = json.loads(row["sample"])
+    return FaceSample(
+        key=s["key"],
+        source=s["source"],
+        face=s["face"],
+        crop_affine=s["crop_affine"],
+        portrait=_unpng(row["portrait"]),
+        portrait_landmarks5=_unnpy(row["portrait_landmarks5"]),
+        portrait_landmarks=_unnpy(row["portrait_landmarks"]),
+        mask=None if row["mask"] is None else _unpng(row["mask"]),
+        embedding=_unnpy(row["embedding"]),
+        regions=s["regions"],
+        captions=None if s["captions"] is None else Captions.from_json(s["captions"]),
+        models=s["models"],
+    )
+
+
+def _face_row_out(row: dict[str, Any]) -> dict[str, Any]:
+    """A ray_stages row (sample object inside) -> a FACE_SCHEMA row."""
+    out = {c: row.get(c) for c in FACE_SCHEMA.names if c not in ("reason", "index_row")}
+    out["planned"] = bool(row.get("planned", True))
+    if row["status"] == "ok":
+        out.update(sample_columns(row["sample"]), reason=None, index_row=None)
+    else:
+        index_row = json.loads(row["index_row"])
+        out.update(key=index_row.get("key"), reason=index_row["reason"], index_row=row["index_row"])
+        for c in ("sample", "portrait", "portrait_landmarks5", "portrait_landmarks", "mask"):
+            out[c] = None
+        out["embedding"] = None
+    return out
+
+
+def _face_row_in(row: dict[str, Any]) -> dict[str, Any]:
+    """A FACE_SCHEMA row -> the row shape `pipelines.ray_stages` stages take."""
+    out = {
+        "order": row["order"],
+        "shard": None,  # assigned by the shard stage
+        "source_uri": row["source_uri"],
+        "path": row["source_uri"],
+        "source_sha256": row["source_sha256"],
+        "source_bytes": row["source_bytes"],
+        "planned": row["planned"],
+        "row_index": row["row_index"],
+        "image_rows": row["image_rows"],
+        "status": row["status"],
+        "index_row": row["index_row"] or "",
+        "sample_tar": b"",
+        "sample": sample_from_columns(row) if row["status"] == "ok" else None,
+    }
+    return out
+
+
+# --------------------------------------------------------------------------- stats
+
+
+@dataclass
+class StageStats:
+    """Counts and rates of one stage run: the DVC metrics file of that stage."""
+
+    stage: str
+    inputs: int = 0  # rows read (ingest: inputs listed)
+    images: int = 0  # images that reached the stage
+    faces_in: int = 0
+    faces_ok: int = 0
+    rejects: int = 0
+    rejects_by_reason: dict[str, int] = field(default_factory=dict)  # whole dataset so far
+    new_rejects: int = 0  # rejected by this stage
+    backend: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "stage": self.stage,
+            "inputs": self.inputs,
+            "images": self.images,
+            "faces_in": self.faces_in,
+            "faces_ok": self.faces_ok,
+            "rejects": self.rejects,
+            "new_rejects": self.new_rejects,
+            "rejects_by_reason": dict(sorted(self.rejects_by_reason.items())),
+            "ok_rate": round(self.faces_ok / self.faces_in, 6) if self.faces_in else None,
+            "faces_per_image": round(self.faces_ok / self.images, 6) if self.images else None,
+        }
+        if self.backend is not None:
+            d["backend"] = self.backend
+        d.update(self.extra)
+        return d
+
+
+def _write_stats(path: str | None, stats: StageStats) -> None:
+    if not path:
+        return
+    from fgid_builder.shards import atomic_write_bytes
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    data = json.dumps(stats.to_json(), indent=1, sort_keys=True).encode() + b"\n"
+    atomic_write_bytes(path, data)
+
+
+def _progress(cfg: StageConfig, total: int, unit: str):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        desc=cfg.stage,
+        unit=unit,
+        disable=not cfg.progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+def run_ingest(cfg: StageConfig) -> StageStats:
+    """List INPUT (a folder, recursively, or a text file of paths), hash, dedup: one row per
+    input with its bytes. Exactly the build's planning pass."""
+    from fgid_builder.io import read_input
+    from pipelines.plan import PLANNED, list_inputs, make_plan
+
+    try:
+        listed = list_inputs(cfg.input)
+    except FileNotFoundError as e:
+        raise click.UsageError(str(e)) from None
+    plan = make_plan(listed, shard_size=_INGEST_SHARD_SIZE, threads=cfg.threads)
+    stats = StageStats(stage="ingest")
+    reasons: Counter[str] = Counter()
+    paths = {item.uri: item.path for item in listed}
+    with _AtomicParquet(cfg.out, INGEST_SCHEMA) as w, _progress(cfg, plan.num_rows, "img") as bar:
+        rows = []
+        for r in plan.to_pylist():
+            row = {c: r.get(c) for c in INGEST_SCHEMA.names}
+            if r["status"] == PLANNED:
+                try:
+                    row["data"] = read_input(paths[r["source_uri"]])
+                except ImageRejected as e:  # vanished or unreadable since it was hashed
+                    row.update(status="rejected", reason=e.reason.value, detail=e.detail)
+                else:
+                    stats.images += 1
+            if row["status"] != PLANNED:
+                reasons[row["reason"]] += 1
+            rows.append(row)
+            if len(rows) >= _ROWS_PER_GROUP:
+                w.write(rows)
+                rows = []
+            bar.update(1)
+        w.write(rows)
+    stats.inputs = plan.num_rows
+    stats.rejects = stats.new_rejects = sum(reasons.values())
+    stats.rejects_by_reason = dict(reasons)
+    stats.extra["duplicates"] = reasons.get(Reason.DUPLICATE.value, 0)
+    return stats
+
+
+# --------------------------------------------------------------------------- face stages
+
+
+def _settings(cfg: StageConfig, stage: str):
+    from pipelines.ray_stages import StageSettings, backend_targets
+
+    return StageSettings(
+        backends=backend_targets({stage: cfg.backends()[stage]}),
+        models_dir=cfg.models_dir,
+        min_face=cfg.min_face,
+        max_faces=cfg.max_faces,
+    )
+
+
+def _make_detect_stage(settings: Any) -> Any:
+    """The build's DetectStage, reading the input bytes from the ingest file instead of disk."""
+    from pipelines.ray_stages import DetectStage
+
+    class ParquetDetectStage(DetectStage):
+        def _decode(self, row: dict[str, Any]):
+            from fgid_builder.io import decode_image
+            from fgid_builder.schema import sha256_bytes
+
+            data = row["data"]
+            if sha256_bytes(data) != row["source_sha256"]:
+                raise ImageRejected(Reason.ERROR, "the input bytes do not match their hash")
+            return decode_image(data)
+
+    return ParquetDetectStage(settings)
+
+
+def _ingest_reject_row(row: dict[str, Any]) -> dict[str, Any]:
+    """An input rejected while ingesting, as the one row its image has from here on."""
+    from pipelines.plan import PLAN_SCHEMA, plan_reject_rows
+
+    plan_row = {c: row.get(c) for c in PLAN_SCHEMA.names}
+    plan_row.update(path=row["source_uri"], status="rejected")
+    (index_row,) = plan_reject_rows(pa.Table.from_pylist([plan_row], schema=PLAN_SCHEMA))
+    return {
+        "order": row["order"],
+        "source_uri": row["source_uri"],
+        "source_sha256": row["source_sha256"],
+        "source_bytes": row["source_bytes"],
+        "planned": False,
+        "row_index": 0,
+        "image_rows": 1,
+        "status": "rejected",
+        "index_row": json.dumps(index_row, sort_keys=True),
+    }
+
+
+def _run_detect_batch(stage: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ingest rows -> face rows, in input order (an input's rows stay together)."""
+    out: list[dict[str, Any]] = []
+    todo: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if todo:
+            out.extend(stage.process(list(todo)))
+            todo.clear()
+
+    for r in rows:
+        if r["status"] == "planned":
+            todo.append(
+                {
+                    "order": r["order"],
+                    "shard": None,
+                    "source_uri": r["source_uri"],
+                    "path": r["source_uri"],
+                    "source_sha256": r["source_sha256"],
+                    "source_bytes": r["source_bytes"],
+                    "data": r["data"],
+                    "planned": True,
+                }
+            )
+        else:
+            flush()
+            out.append(_ingest_reject_row(r))
+    flush()
+    return out
+
+
+def run_face_stage(cfg: StageConfig) -> StageStats:
+    """detect (ingest file in) or parse / embed / caption (previous face file in)."""
+    from pipelines.ray_stages import STAGE_CLASSES
+
+    settings = _settings(cfg, cfg.stage)
+    detect = cfg.stage == "detect"
+    stage = _make_detect_stage(settings) if detect else STAGE_CLASSES[cfg.stage](settings)
+    stats = StageStats(stage=cfg.stage, backend=stage.backend.model_info().to_json())
+    reasons: Counter[str] = Counter()
+    images: set[int] = set()
+    total = _num_rows(cfg.input)
+    with _AtomicParquet(cfg.out, FACE_SCHEMA) as w, _progress(cfg, total, "row") as bar:
+        for batch in _read_batches(cfg.input, INGEST_SCHEMA if detect else FACE_SCHEMA,
+                                   cfg.batch_size):  # fmt: skip
+            stats.inputs += len(batch)
+            if detect:
+                rows = [_face_row_out(r) for r in _run_detect_batch(stage, batch)]
+                live = set()
+            else:
+                rows_in = [_face_row_in(r) for r in batch]
+                live = {(r["order"], r["row_index"]) for r in rows_in if r["status"] == "ok"}
+                stats.faces_in += len(live)
+                rows = [_face_row_out(r) for r in stage.process(rows_in)]
+            for r in rows:
+                if r["planned"]:
+                    images.add(r["order"])
+                if r["status"] == "ok":
+                    stats.faces_ok += 1
+                    continue
+                reasons[r["reason"]] += 1
+                if detect:
+                    face_level = json.loads(r["index_row"]).get("face_index") is not None
+                    stats.faces_in += int(face_level)
+                    stats.new_rejects += int(r["planned"])
+                elif (r["order"], r["row_index"]) in live:
+                    stats.new_rejects += 1
+            w.write(rows)
+            bar.update(len(batch))
+    if detect:
+        stats.faces_in += stats.faces_ok
+    stats.images = len(images)
+    stats.rejects = sum(reasons.values())
+    stats.rejects_by_reason = dict(reasons)
+    return stats
+
+
+# --------------------------------------------------------------------------- shard
+
+
+def _shard_of_images(orders: Iterable[int], shard_size: int) -> dict[int, str]:
+    """The build plan's rule: the unique images, in input order, cut every `shard_size`."""
+    from fgid_builder.shards import shard_name
+
+    return {o: shard_name(i // shard_size) for i, o in enumerate(sorted(set(orders)))}
+
+
+def _clear_dataset_out(out: Path) -> None:
+    """A shard stage rewrites its OUT: stale shards of an earlier, larger run must not remain."""
+    from pipelines.build import INDEX, PARTS, SHARDS
+
+    for sub in (SHARDS, PARTS):
+        if (out / sub).exists():
+            shutil.rmtree(out / sub)
+        (out / sub).mkdir(parents=True)
+    (out / INDEX).unlink(missing_ok=True)
+
+
+def run_shard(cfg: StageConfig) -> StageStats:
+    """Encode every sample, write the shards with the build's commit, merge the index."""
+    import pyarrow as pa
+
+    from fgid_builder.index import read_index, rows_table, write_index
+    from pipelines.build import INDEX, PARTS, commit_shard
+    from pipelines.ray_stages import EncodeStage, StageSettings
+
+    out = Path(cfg.out)
+    _clear_dataset_out(out)
+    encode = EncodeStage(StageSettings(backends={}))
+    # First pass over the light columns: which images are planned, so shards can be cut.
+    planned = pq.read_table(cfg.input, columns=["order", "planned"]).to_pylist()
+    shard_of = _shard_of_images((r["order"] for r in planned if r["planned"]), cfg.shard_size)
+    sizes = Counter(shard_of.values())
+    stats = StageStats(stage="shard", images=len(shard_of))
+    loose_rows: list[dict[str, Any]] = []  # rejected while ingesting: in no shard
+    current: str | None = None
+    pending: list[dict[str, Any]] = []
+    shards_written = 0
+
+    def commit() -> None:
+        nonlocal shards_written
+        if current is not None:
+            stats.faces_ok += commit_shard(out, current, pending, sizes[current])
+            shards_written += 1
+
+    total = _num_rows(cfg.input)
+    with _progress(cfg, total, "row") as bar:
+        for batch in _read_batches(cfg.input, FACE_SCHEMA, cfg.batch_size):
+            stats.inputs += len(batch)
+            rows = []
+            for r in batch:
+                row = _face_row_in(r)
+                if not row["planned"]:
+                    loose_rows.append(json.loads(row["index_row"]))
+                    continue
+                row["shard"] = shard_of[row["order"]]
+                if row["status"] != "ok":
+                    index_row = json.loads(row["index_row"])
+                    index_row["shard"] = row["shard"]
+                    row["index_row"] = json.dumps(index_row, sort_keys=True)
+                else:
+                    stats.faces_in += 1
+                rows.append(row)
+            for row in encode.process(rows):
+                if row["shard"] != current:
+                    commit()
+                    current, pending = row["shard"], []
+                pending.append(row)
+            bar.update(len(batch))
+    commit()
+    if shards_written != len(sizes):
+        raise RuntimeError(f"wrote {shards_written} shards of {len(sizes)}")
+    tables = [read_index(out / PARTS / f"{s}.parquet") for s in sorted(sizes)]
+    tables.append(rows_table(loose_rows))
+    table = pa.concat_tables(tables)
+    write_index(out / INDEX, table)
+    status = table.column("status").to_pylist()
+    reasons = Counter(
+        r for s, r in zip(status, table.column("reason").to_pylist(), strict=True) if s != "ok"
+    )
+    stats.rejects = sum(reasons.values())
+    stats.rejects_by_reason = dict(reasons)
+    stats.new_rejects = stats.faces_in - stats.faces_ok
+    stats.extra.update(shards=len(sizes), index_rows=table.num_rows, shard_size=cfg.shard_size)
+    return stats
+
+
+RUNNERS = {
+    "ingest": run_ingest,
+    "detect": run_face_stage,
+    "parse": run_face_stage,
+    "embed": run_face_stage,
+    "caption": run_face_stage,
+    "shard": run_shard,
+}
+
+
+def run_stage(cfg: StageConfig) -> StageStats:
+    """Run one stage and write its stats file (when asked)."""
+    stats = RUNNERS[cfg.stage](cfg)
+    _write_stats(cfg.stats, stats)
+    return stats
+
+
+# --------------------------------------------------------------------------- CLI
+
+_CTX = {"help_option_names": ["-h", "--help"]}
+
+
+def _opt_stats(f):
+    return click.option(
+        "--stats",
+        default=None,
+        metavar="JSON",
+        help="Also write this stage's counts and rates here (the DVC metrics file).",
+    )(f)
+
+
+def _opt_progress(f):
+    return click.option(
+        "--progress/--no-progress", default=True, show_default=True, help="Progress bar."
+    )(f)
+
+
+def _opt_batch(f):
+    return click.option(
+        "--batch-size",
+        type=int,
+        default=4,
+        show_default=True,
+        help="Rows handed to the backend at once (memory grows with it).",
+    )(f)
+
+
+def _opt_models_dir(f):
+    return click.option(
+        "--models-dir",
+        default=None,
+        help="Folder of model weights (default: $FGID_MODELS_DIR). Nothing is downloaded.",
+    )(f)
+
+
+def _invoke(stage: str, input: str, out: str, **options: Any) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = StageConfig(stage=stage, input=input, out=out, **options)
+    try:
+        stats = run_stage(cfg)
+    except ModelFileError as e:
+        click.echo(f"fgid stage {stage}: {e}", err=True)
+        sys.exit(2)
+    summary = stats.to_json()
+    click.echo(
+        f"{stage}: {summary['inputs']} rows in, {summary['faces_ok']} faces ok, "
+        f"{summary['rejects']} rejects ({', '.join(f'{k} {v}' for k, v in summary['rejects_by_reason'].items()) or 'none'})"
+    )
+
+
+@click.group("stage", context_settings=_CTX)
+def stage_command() -> None:
+    """Run one pipeline stage, Parquet -> Parquet (the stages `dvc.yaml` chains).
+
+    ingest INPUT ingest.parquet -> detect -> parse -> embed -> caption -> shard caption.parquet OUT.
+    With the same settings, `shard` writes the same bytes as `fgid build`.
+    """
+
+
+@stage_command.command("ingest", context_settings=_CTX)
+@click.argument("input", type=click.Path(exists=True))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--threads", type=int, default=2, show_default=True, help="Hashing threads.")
+@_opt_stats
+@_opt_progress
+def ingest_command(input: str, out: str, **options: Any) -> None:
+    """List INPUT (a folder, recursively, or a text file of paths), hash and dedup it, and write
+    one row per input with its bytes to OUT (Parquet). Uris are relative to an INPUT folder."""
+    _invoke("ingest", input, out, **options)
+
+
+@stage_command.command("detect", context_settings=_CTX)
+@click.argument("input", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option(
+    "--detector",
+    default=DEFAULTS["detect"],
+    show_default=True,
+    help=f"Detection backend: {', '.join(available('detect'))}.",
+)
+@click.option(
+    "--min-face",
+    type=int,
+    default=DEFAULT_MIN_FACE,
+    show_default=True,
+    help="Reject faces whose detector box is shorter than this many pixels.",
+)
+@click.option(
+    "--max-faces",
+    type=int,
+    default=DEFAULT_MAX_FACES,
+    show_default=True,
+    help="Keep the N largest faces of a photo (the rest: too_many_faces); 0 = all.",
+)
+@_opt_models_dir
+@_opt_batch
+@_opt_stats
+@_opt_progress
+def detect_command(input: str, out: str, **options: Any) -> None:
+    """Decode, detect, gate and align: the ingest file INPUT -> one row per face in OUT."""
+    _invoke("detect", input, out, **options)
+
+
+def _face_stage_command(stage: str, option: str, what: str, doc: str):
+    @stage_command.command(stage, context_settings=_CTX, help=doc)
+    @click.argument("input", type=click.Path(exists=True, dir_okay=False))
+    @click.argument("out", type=click.Path(dir_okay=False))
+    @click.option(
+        f"--{option}",
+        default=DEFAULTS[stage],
+        show_default=True,
+        help=f"{what} backend: {', '.join(available(stage))}.",
+    )
+    @_opt_models_dir
+    @_opt_batch
+    @_opt_stats
+    @_opt_progress
+    def command(input: str, out: str, **options: Any) -> None:
+        _invoke(stage, input, out, **options)
+
+    return command
+
+
+parse_command = _face_stage_command(
+    "parse", "parser", "Face-parsing", "Face-parsing masks: the detect file INPUT -> OUT."
+)
+embed_command = _face_stage_command(
+    "embed", "embedder", "Identity-embedding", "Identity embeddings: the parse file INPUT -> OUT."
+)
+caption_command = _face_stage_command(
+    "caption", "captioner", "Caption", "Global, facial and region captions: embed file -> OUT."
+)
+
+
+@stage_command.command("shard", context_settings=_CTX)
+@click.argument("input", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option(
+    "--shard-size",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Unique input images per shard (a shard holds all faces of its images).",
+)
+@_opt_batch
+@_opt_stats
+@_opt_progress
+def shard_command(input: str, out: str, **options: Any) -> None:
+    """Encode the caption file INPUT into OUT/shards/NNNNNN.tar + .json and OUT/index.parquet,
+    byte-identical to `fgid build` with the same settings."""
+    _invoke("shard", input, out, **options)
