@@ -132,3 +132,25 @@ def test_wrong_input_is_a_usage_error(staged: Path, tmp_path: Path) -> None:
         main, ["stage", "parse", str(staged / "ingest.parquet"), str(tmp_path / "x.parquet")]
     )
     assert result.exit_code == 2 and "not the output of the previous stage" in result.output
+
+
+def test_export_of_staged_dataset_reads_like_official_train(
+    staged: Path, photos: Path, tmp_path: Path
+) -> None:
+    from fgid_builder.schema import LABELS
+    from tests.fgid_builder.test_export import read_like_official_train
+
+    dest = tmp_path / "export"
+    result = CliRunner().invoke(
+        main, ["export", str(staged / "ds"), str(dest), "--source-root", str(photos)]
+    )
+    assert result.exit_code == 0, result.output
+    items = read_like_official_train(dest)
+    shard = json.loads((staged / "shard.json").read_text())
+    assert len(items) == shard["faces_ok"]
+    for it in items:
+        assert set(np.unique(it["mask"]).tolist()) <= set(LABELS)
+        assert {"Face", "Left_Eye", "Right_Eye", "Nose", "Upper_Lip", "Lower_Lip"} <= it["parts"]
+        assert tuple(it["id"].shape) == (1, 128)
+        assert it["captions"][0] and "eyes" in it["captions"][1]
+        assert (dest / "origin_IMG" / it["item"]["origin_IMG"]).is_file()
