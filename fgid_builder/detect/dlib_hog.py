@@ -3,6 +3,11 @@
 CPU only, offline, weights from the `face-recognition-models` package (or an explicit path).
 Large photos are detected on a copy shrunk to `max_side` (HOG time grows with pixels) and the
 landmarks are then fitted on the full-resolution photo inside the rescaled box.
+
+Defaults (`upsample=0`, `max_side=1600`): HOG finds faces from ~80 px at the detection scale.
+On the 64 shared deepface photos they find every face `upsample=1` finds except one 43 px
+profile, in half the time (~0.25 s per photo on one core). Raise `upsample` for crowds of small
+faces.
 """
 
 from __future__ import annotations
