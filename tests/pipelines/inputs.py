@@ -78,8 +78,8 @@ def make_bad_inputs(root: Path) -> dict[str, str | None]:
         "no_face")  # fmt: skip
     if "t1.jpg" in ph:  # a group photo: 6 faces, more than --max-faces 2 keeps
         put("group.jpg", _jpeg(ph["t1.jpg"]), "too_many_faces")
-    shutil.copyfile(root / "good/astronaut.jpg", root / "copy of astronaut.jpg")
-    expected["copy of astronaut.jpg"] = "duplicate"
+    shutil.copyfile(root / "good/astronaut.jpg", root / "zz copy of astronaut.jpg")
+    expected["zz copy of astronaut.jpg"] = "duplicate"
     os.symlink("..", root / "good" / "loop")
     expected["good/loop"] = "unreadable"
     return expected

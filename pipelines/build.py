@@ -1,0 +1,605 @@
+"""`fgid build INPUT OUT`: photos -> FGID WebDataset shards + Parquet index, on Ray Data.
+
+Flow (DESIGN.md, "Pipeline properties"):
+1. plan: list INPUT sorted, hash every file in parallel, drop byte-identical copies (index rows
+   with reason `duplicate`), cut the unique images into shards of `--shard-size` images, and fix
+   all that in `OUT/plan.parquet`; a resumed run reads the plan instead of making a new one;
+2. Ray Data: the images of uncommitted shards stream through the stages (pipelines.ray_stages:
+   decode+detect+align -> parse -> embed -> caption -> encode), actor pools with models loaded
+   inside the workers; a failure on one image or face is a row with a reason, never a lost block;
+3. the driver collects the rows of each shard; when every image of a shard has reported, it
+   commits the shard: tar, then its index part, then the stats JSON (the commit marker);
+4. merge the index parts and the planning rejects into `OUT/index.parquet`.
+
+Everything under OUT except `OUT/logs/` is byte-deterministic: the same inputs, settings and
+model versions give the same bytes whatever `--workers`, `--address` or interruptions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fgid_builder.faces import DEFAULT_MAX_FACES, DEFAULT_MIN_FACE
+from fgid_builder.registry import DEFAULTS, available
+from fgid_builder.schema import SCHEMA_VERSION, ModelFileError
+
+log = logging.getLogger("fgid.build")
+
+SHARDS = "shards"
+PARTS = "index_parts"
+LOGS = "logs"
+PLAN = "plan.parquet"
+INDEX = "index.parquet"
+SETTINGS = "build.json"
+
+
+class BuildError(Exception):
+    """A problem with the build as asked (not with one image): one line, exit code 2."""
+
+
+@dataclass
+class BuildConfig:
+    """Every `fgid build` option, one field each (`fgid build --help` is the reference)."""
+
+    input: str | None
+    out: str
+    workers: int = 0  # 0 = the number of CPUs of this machine (local) or of the cluster
+    address: str | None = None
+    shard_size: int = 1000
+    strict: bool = False
+    detector: str = DEFAULTS["detect"]
+    parser: str = DEFAULTS["parse"]
+    embedder: str = DEFAULTS["embed"]
+    captioner: str = DEFAULTS["caption"]
+    models_dir: str | None = None
+    min_face: int = DEFAULT_MIN_FACE
+    max_faces: int = DEFAULT_MAX_FACES
+    demo: bool = False
+    batch_size: int = 4
+    fuse: bool = True
+    concurrency: dict[str, int] = field(default_factory=dict)
+    gpus: dict[str, float] = field(default_factory=dict)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.demo and self.input:
+            raise BuildError("--demo takes only OUT (its inputs are the package-shipped photos)")
+        if not self.demo and not self.input:
+            raise BuildError("INPUT is required (or pass --demo)")
+        if self.workers < 0:
+            raise BuildError("--workers must be >= 0")
+        if self.shard_size < 1:
+            raise BuildError("--shard-size must be >= 1")
+        if self.batch_size < 1:
+            raise BuildError("--batch-size must be >= 1")
+        if self.min_face < 1:
+            raise BuildError("--min-face must be >= 1")
+        if self.max_faces < 0:
+            raise BuildError("--max-faces must be >= 0 (0 = no limit)")
+        for stage, name in self.backends().items():
+            if name not in available(stage):
+                raise BuildError(
+                    f"unknown {stage} backend {name!r}; choose one of: {', '.join(available(stage))}"
+                )
+        from pipelines.ray_stages import STAGE_NAMES
+
+        for opt, mapping in (("--concurrency", self.concurrency), ("--gpus", self.gpus)):
+            for stage, value in mapping.items():
+                if stage not in STAGE_NAMES:
+                    raise BuildError(
+                        f"{opt}: unknown stage {stage!r}; stages are {', '.join(STAGE_NAMES)}"
+                    )
+                if value < 0 or (opt == "--concurrency" and value < 1):
+                    raise BuildError(f"{opt} {stage}={value}: must be positive")
+
+    def backends(self) -> dict[str, str]:
+        return {
+            "detect": self.detector,
+            "parse": self.parser,
+            "embed": self.embedder,
+            "caption": self.captioner,
+        }
+
+    def output_settings(self) -> dict[str, Any]:
+        """What decides the output bytes (`OUT/build.json`); a resume must match it."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "input": "--demo" if self.demo else os.path.abspath(str(self.input)),
+            "shard_size": self.shard_size,
+            "backends": self.backends(),
+            "models_dir": None if self.models_dir is None else os.path.abspath(self.models_dir),
+            "min_face": self.min_face,
+            "max_faces": self.max_faces,
+        }
+
+
+@dataclass
+class BuildSummary:
+    """What a run did; printed at the end and written to `OUT/logs/summary.json`."""
+
+    images_listed: int = 0
+    images_planned: int = 0
+    images_read: int = 0  # processed by this run (not skipped as already committed)
+    shards_total: int = 0
+    shards_written: int = 0
+    shards_skipped: int = 0
+    samples: int = 0  # in the whole dataset
+    samples_written: int = 0  # by this run
+    rejects: dict[str, int] = field(default_factory=dict)  # reason -> rows, whole dataset
+    temp_files_removed: int = 0
+    seconds_plan: float = 0.0
+    seconds_process: float = 0.0
+    seconds_total: float = 0.0
+    workers: int = 0
+    images_per_second: float = 0.0
+
+    def lines(self) -> list[str]:
+        rejects = ", ".join(f"{k} {v}" for k, v in sorted(self.rejects.items())) or "none"
+        return [
+            f"images listed {self.images_listed}, unique {self.images_planned}, "
+            f"read this run {self.images_read}",
+            f"faces written {self.samples_written} this run, {self.samples} in the dataset",
+            f"shards {self.shards_total} ({self.shards_written} written, "
+            f"{self.shards_skipped} already committed)",
+            f"rejects: {rejects}",
+            f"{self.images_per_second:.2f} images/s over {self.seconds_process:.1f} s processing "
+            f"with {self.workers} workers ({self.seconds_total:.1f} s in all)",
+        ]
+
+
+# --------------------------------------------------------------------------- shard assembly
+
+
+@dataclass
+class _ImageRows:
+    expected: int = -1
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.expected >= 0 and len(self.rows) >= self.expected
+
+
+class ShardAssembler:
+    """Collects result rows until every image of a shard has reported all of its rows."""
+
+    def __init__(self, shard_images: dict[str, int]):
+        self.expected_images = dict(shard_images)
+        self._images: dict[str, dict[int, _ImageRows]] = {}
+        self._done: dict[str, int] = {}
+
+    def add(self, row: dict[str, Any]) -> str | None:
+        """Add one result row; returns the shard name when that row completed the shard."""
+        shard = row["shard"]
+        images = self._images.setdefault(shard, {})
+        img = images.setdefault(int(row["order"]), _ImageRows())
+        if img.done:
+            raise RuntimeError(f"image {row['order']} of shard {shard} reported too many rows")
+        img.expected = int(row["image_rows"])
+        img.rows.append(row)
+        if img.done:
+            self._done[shard] = self._done.get(shard, 0) + 1
+            if self._done[shard] == self.expected_images[shard]:
+                return shard
+        return None
+
+    def pop(self, shard: str) -> list[dict[str, Any]]:
+        images = self._images.pop(shard)
+        self._done.pop(shard)
+        return [r for order in sorted(images) for r in images[order].rows]
+
+    def pending(self) -> list[str]:
+        return sorted(self._images)
+
+
+def commit_shard(out: Path, shard: str, rows: Sequence[dict[str, Any]], images: int) -> int:
+    """Write one shard: tar, then its index part, then the stats JSON (the commit marker).
+
+    Returns the number of samples written."""
+    from fgid_builder.index import rows_table, table_bytes
+    from fgid_builder.shards import atomic_write_bytes, shard_stats, write_shard, write_stats
+    from pipelines.ray_stages import result_members
+
+    samples = [result_members(r) for r in rows if r["status"] == "ok"]
+    index_rows = [json.loads(r["index_row"]) for r in rows]
+    tar = write_shard(out / SHARDS / f"{shard}.tar", samples)
+    part = table_bytes(rows_table(index_rows))
+    atomic_write_bytes(out / PARTS / f"{shard}.parquet", part)
+    stats = shard_stats(
+        int(shard),
+        tar=tar,
+        images=images,
+        reject_reasons=[r["reason"] for r in index_rows if r["status"] != "ok"],
+        index_part={
+            "name": f"{PARTS}/{shard}.parquet",
+            "rows": len(index_rows),
+            "sha256": hashlib.sha256(part).hexdigest(),
+        },
+    )
+    write_stats(out / SHARDS / f"{shard}.json", stats)
+    return len(samples)
+
+
+def shard_is_committed(out: Path, shard: str) -> bool:
+    """Stats JSON present, tar of the recorded size, index part with the recorded hash."""
+    from fgid_builder.shards import file_sha256, is_committed, read_stats
+
+    if not is_committed(out / SHARDS, int(shard)):
+        return False
+    try:
+        part = read_stats(out / SHARDS / f"{shard}.json")["index_part"]
+        return file_sha256(out / part["name"]) == part["sha256"]
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _prepare_out(cfg: BuildConfig) -> tuple[Path, int]:
+    """Create OUT's folders, remove what a killed run left half-written, check settings."""
+    from fgid_builder.shards import atomic_write_bytes, clean_temp_files
+
+    out = Path(cfg.out)
+    for sub in (SHARDS, PARTS, LOGS):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    removed = sum(len(clean_temp_files(d)) for d in (out, out / SHARDS, out / PARTS))
+    if removed:
+        log.info("removed %d temporary files left by an interrupted run", removed)
+    settings = json.dumps(cfg.output_settings(), indent=1, sort_keys=True).encode() + b"\n"
+    path = out / SETTINGS
+    if path.is_file():
+        if path.read_bytes() != settings:
+            old = json.loads(path.read_text())
+            diff = sorted(k for k, v in cfg.output_settings().items() if old.get(k) != v)
+            raise BuildError(
+                f"{out} holds a build made with other settings ({', '.join(diff)}); "
+                "use a new OUT folder or the same settings"
+            )
+    else:
+        atomic_write_bytes(path, settings)
+    return out, removed
+
+
+def _load_or_make_plan(cfg: BuildConfig, out: Path, threads: int):
+    from pipelines.plan import list_inputs, make_plan, read_plan, write_plan
+
+    path = out / PLAN
+    if path.is_file():
+        log.info("resuming: reading the plan in %s", path)
+        return read_plan(path)
+    if cfg.demo:
+        from fgid_builder.demo import demo_photos
+
+        source: Any = [str(p) for p in demo_photos()]
+    else:
+        source = cfg.input
+    try:
+        listed = list_inputs(source)
+    except FileNotFoundError as e:
+        raise BuildError(str(e)) from None
+    plan = make_plan(listed, shard_size=cfg.shard_size, threads=threads)
+    write_plan(path, plan)
+    return plan
+
+
+def _merge_final_index(out: Path, plan, shards: Sequence[str]) -> Any:
+    import pyarrow as pa
+
+    from fgid_builder.index import read_index, rows_table, write_index
+    from pipelines.plan import plan_reject_rows
+
+    tables = [read_index(out / PARTS / f"{s}.parquet") for s in shards]
+    tables.append(rows_table(plan_reject_rows(plan)))
+    table = pa.concat_tables(tables)
+    write_index(out / INDEX, table)
+    return table
+
+
+@contextlib.contextmanager
+def _ray_session(cfg: BuildConfig) -> Iterator[int]:
+    """Start (or join) Ray quietly; yields the number of CPU workers to use."""
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    started = False
+    if not ray.is_initialized():
+        common: dict[str, Any] = {
+            "include_dashboard": False,
+            "logging_level": logging.WARNING,
+            "log_to_driver": False,
+            "configure_logging": True,
+        }
+        if cfg.address:
+            ray.init(address=cfg.address, **common)
+        else:
+            ray.init(address="local", num_cpus=cfg.workers or os.cpu_count() or 1, **common)
+        started = True
+    try:
+        workers = cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        yield workers
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _quiet_ray_data() -> None:
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    with contextlib.suppress(AttributeError):
+        ctx.print_on_execution_start = False
+    with contextlib.suppress(AttributeError):
+        ctx.enable_operator_progress_bars = False
+    for name in ("ray.data", "ray.data._internal.execution.streaming_executor"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _find_model_error(exc: BaseException) -> ModelFileError | None:
+    """A ModelFileError raised inside a Ray worker arrives wrapped; find it."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ModelFileError):
+            return e
+        cause = getattr(e, "cause", None)
+        stack.extend(
+            [e.__cause__, e.__context__, cause if isinstance(cause, BaseException) else None]
+        )
+    text = str(exc)
+    marker = "ModelFileError: "
+    if marker in text:
+        return ModelFileError(text.split(marker, 1)[1].splitlines()[0])
+    return None
+
+
+def run_build(cfg: BuildConfig) -> BuildSummary:
+    """Plan, process the uncommitted shards on Ray, commit them, merge the index."""
+    from pipelines.plan import planned_images, shard_sizes
+
+    t0 = time.perf_counter()
+    summary = BuildSummary()
+    out, summary.temp_files_removed = _prepare_out(cfg)
+    plan = _load_or_make_plan(cfg, out, threads=max(2, cfg.workers or os.cpu_count() or 2))
+    summary.seconds_plan = time.perf_counter() - t0
+    sizes = shard_sizes(plan)
+    summary.images_listed = plan.num_rows
+    summary.images_planned = sum(sizes.values())
+    summary.shards_total = len(sizes)
+    todo = [s for s in sizes if not shard_is_committed(out, s)]
+    summary.shards_skipped = len(sizes) - len(todo)
+    if summary.shards_skipped:
+        log.info("skipping %d committed shards", summary.shards_skipped)
+
+    if todo:
+        todo_set = set(todo)
+        images = [r for r in planned_images(plan) if r["shard"] in todo_set]
+        t1 = time.perf_counter()
+        try:
+            with _ray_session(cfg) as workers:
+                summary.workers = workers
+                written = _process(cfg, out, images, {s: sizes[s] for s in todo}, workers)
+        except BuildError:
+            raise
+        except Exception as e:
+            model_error = _find_model_error(e)
+            if model_error is not None:
+                raise model_error from None
+            raise
+        summary.seconds_process = time.perf_counter() - t1
+        summary.images_read = len(images)
+        summary.shards_written = len(todo)
+        summary.samples_written = written
+        summary.images_per_second = len(images) / max(summary.seconds_process, 1e-9)
+
+    table = _merge_final_index(out, plan, list(sizes))
+    status = table.column("status").to_pylist()
+    reasons = table.column("reason").to_pylist()
+    summary.samples = sum(1 for s in status if s == "ok")
+    summary.rejects = dict(
+        sorted(Counter(r for s, r in zip(status, reasons, strict=True) if s != "ok").items())
+    )
+    summary.seconds_total = time.perf_counter() - t0
+    (out / LOGS / "summary.json").write_text(json.dumps(asdict(summary), indent=1) + "\n")
+    return summary
+
+
+def _process(
+    cfg: BuildConfig, out: Path, images: list[dict[str, Any]], sizes: dict[str, int], workers: int
+) -> int:
+    """Stream the images through Ray Data and commit every shard as soon as it is complete."""
+    from tqdm import tqdm
+
+    from pipelines.ray_stages import build_dataset
+
+    _quiet_ray_data()
+    ds = build_dataset(images, cfg, workers=workers)
+    assembler = ShardAssembler(sizes)
+    written = committed = 0
+    bar_opts = {"disable": not cfg.progress, "file": sys.stderr, "dynamic_ncols": True}
+    with (
+        tqdm(total=len(images), desc="images", unit="img", position=0, **bar_opts) as img_bar,
+        tqdm(total=len(sizes), desc="shards", unit="shard", position=1, **bar_opts) as shard_bar,
+    ):
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for row in batch.to_pylist():
+                if row["row_index"] == 0:
+                    img_bar.update(1)
+                shard = assembler.add(row)
+                if shard is not None:
+                    written += commit_shard(out, shard, assembler.pop(shard), sizes[shard])
+                    committed += 1
+                    shard_bar.update(1)
+    missing = assembler.pending()
+    if missing or committed != len(sizes):
+        raise RuntimeError(f"the pipeline ended with incomplete shards: {missing}")
+    return written
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _parse_stage_values(opt: str, values: Sequence[str], cast) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in values:
+        stage, eq, value = item.partition("=")
+        if not eq:
+            raise click.BadParameter(f"expected STAGE=VALUE, got {item!r}", param_hint=opt)
+        try:
+            out[stage.strip()] = cast(value)
+        except ValueError:
+            raise click.BadParameter(f"bad value in {item!r}", param_hint=opt) from None
+    return out
+
+
+@click.command("build", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("input", required=False)
+@click.argument("out", required=False)
+@click.option(
+    "--workers",
+    type=int,
+    default=0,
+    show_default=True,
+    help="CPU workers (actor-pool size; local Ray gets that many CPUs). 0 = all CPUs.",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="Join this existing Ray cluster (e.g. 127.0.0.1:6379) instead of a local one.",
+)
+@click.option(
+    "--shard-size",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Unique input images per shard (a shard holds all faces of its images).",
+)
+@click.option("--strict", is_flag=True, help="Exit with 1 if any input or face was rejected.")
+@click.option(
+    "--detector",
+    default=DEFAULTS["detect"],
+    show_default=True,
+    help=f"Detection backend: {', '.join(available('detect'))}.",
+)
+@click.option(
+    "--parser",
+    default=DEFAULTS["parse"],
+    show_default=True,
+    help=f"Face-parsing backend: {', '.join(available('parse'))}.",
+)
+@click.option(
+    "--embedder",
+    default=DEFAULTS["embed"],
+    show_default=True,
+    help=f"Identity-embedding backend: {', '.join(available('embed'))}.",
+)
+@click.option(
+    "--captioner",
+    default=DEFAULTS["caption"],
+    show_default=True,
+    help=f"Caption backend: {', '.join(available('caption'))}.",
+)
+@click.option(
+    "--models-dir",
+    default=None,
+    help="Folder of model weights (default: $FGID_MODELS_DIR). Nothing is downloaded.",
+)
+@click.option(
+    "--min-face",
+    type=int,
+    default=DEFAULT_MIN_FACE,
+    show_default=True,
+    help="Reject faces whose detector box is shorter than this many pixels.",
+)
+@click.option(
+    "--max-faces",
+    type=int,
+    default=DEFAULT_MAX_FACES,
+    show_default=True,
+    help="Keep the N largest faces of a photo (the rest: too_many_faces); 0 = all.",
+)
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Build from the face photos shipped inside installed packages: fgid build --demo OUT.",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Images per Ray batch (memory per worker grows with it).",
+)
+@click.option(
+    "--fuse/--no-fuse",
+    default=True,
+    show_default=True,
+    help="Run all CPU stages in one actor pool (fastest on CPU) or one pool per stage.",
+)
+@click.option(
+    "--concurrency",
+    multiple=True,
+    metavar="STAGE=N",
+    help="Actors for one stage with --no-fuse (detect, parse, embed, caption, encode).",
+)
+@click.option(
+    "--gpus",
+    multiple=True,
+    metavar="STAGE=F",
+    help="GPUs per actor for a stage (its actors then run in their own pool).",
+)
+@click.option(
+    "--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr."
+)
+def build_command(
+    input: str | None,
+    out: str | None,
+    concurrency: tuple[str, ...],
+    gpus: tuple[str, ...],
+    **options: Any,
+) -> None:
+    """Build an FGID dataset from INPUT (a folder, searched recursively, or a text file of
+    paths) into OUT: OUT/shards/NNNNNN.tar + .json, OUT/index.parquet.
+
+    Re-running the same command resumes: committed shards are kept, the rest is redone.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if options["demo"] and out is None:
+        input, out = None, input
+    if out is None:
+        raise click.UsageError("expected INPUT OUT (or --demo OUT)")
+    try:
+        cfg = BuildConfig(
+            input=input,
+            out=out,
+            concurrency=_parse_stage_values("--concurrency", concurrency, int),
+            gpus=_parse_stage_values("--gpus", gpus, float),
+            **options,
+        )
+        summary = run_build(cfg)
+    except (BuildError, ModelFileError) as e:
+        click.echo(f"fgid build: {e}", err=True)
+        sys.exit(2)
+    for line in summary.lines():
+        click.echo(line)
+    if cfg.strict and summary.rejects:
+        click.echo(f"fgid build --strict: {sum(summary.rejects.values())} rejects", err=True)
+        sys.exit(1)

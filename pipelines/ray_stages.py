@@ -1,0 +1,463 @@
+"""The Ray Data stages of `fgid build`: thin wrappers over fgid_builder, one row per face.
+
+Stages, in order: `detect` (read + decode + detect + gates + align: one image in, one row per
+face or one reject row out), `parse`, `embed`, `caption`, `encode` (the WebDataset members of
+the sample, carried to the driver as a one-sample tar, and its index row).
+
+Every row carries its image's plan position (`order`, `shard`), `row_index` and `image_rows`
+(how many rows that image produced), so the driver knows when an image, and so a shard, is
+complete. A failure on one image or face turns that row into a reject (status + reason +
+detail); it never fails the Ray block. Only a `ModelFileError` (the run cannot work at all)
+propagates.
+
+Stages run as actor pools (`map_batches` with a callable class): the backend configuration is
+shipped, the model is loaded once per actor. With `fuse` (the default on CPU) consecutive CPU
+stages share one pool, so a face is not serialised between stages; a stage given GPUs
+(`gpus={"embed": 1}`) or with `--no-fuse` gets its own pool and its own concurrency.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from fgid_builder.schema import ImageRejected, ModelFileError, Reason
+
+STAGE_NAMES: tuple[str, ...] = ("detect", "parse", "embed", "caption", "encode")
+
+INPUT_SCHEMA = pa.schema(
+    [
+        ("order", pa.int64()),
+        ("shard", pa.string()),
+        ("source_uri", pa.string()),
+        ("path", pa.string()),
+        ("source_sha256", pa.string()),
+        ("source_bytes", pa.int64()),
+    ]
+)
+ROW_SCHEMA = pa.schema(
+    list(INPUT_SCHEMA)
+    + [
+        ("row_index", pa.int64()),
+        ("image_rows", pa.int64()),
+        ("status", pa.string()),  # ok | rejected
+        ("index_row", pa.string()),  # canonical JSON of the index row (set when final)
+        ("state", pa.binary()),  # the in-flight FaceSample between pools (transport only)
+        ("sample_tar", pa.binary()),  # the encoded sample as a one-sample tar (final rows)
+    ]
+)
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """What every stage needs to know; small and picklable (Ray ships it to the actors)."""
+
+    backends: dict[str, str]  # stage -> "module:Class", resolved in the driver (plug-ins too)
+    models_dir: str | None = None
+    min_face: int = 40
+    max_faces: int = 8
+
+
+def backend_targets(backends: dict[str, str]) -> dict[str, str]:
+    """stage -> backend name  =>  stage -> "module:Class", so actors need no registration."""
+    from fgid_builder import registry
+
+    out = {}
+    for stage, name in backends.items():
+        cls = registry.backend_class(stage, name)
+        out[stage] = f"{cls.__module__}:{cls.__qualname__}"
+    return out
+
+
+def create_backend(settings: StageSettings, stage: str) -> Any:
+    """Instantiate and load one stage's backend inside the actor."""
+    import importlib
+
+    module, _, cls_name = settings.backends[stage].partition(":")
+    cls = getattr(importlib.import_module(module), cls_name)
+    backend = cls(models_dir=settings.models_dir)
+    backend.load()
+    return backend
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _reject(row: dict[str, Any], reason: Reason | str, detail: str, **figures: Any) -> dict:
+    from fgid_builder.index import reject_row
+
+    row = dict(row)
+    row["status"] = "rejected"
+    row["sample"] = None
+    row["index_row"] = json.dumps(
+        reject_row(
+            source_uri=row["source_uri"],
+            reason=reason,
+            detail=detail,
+            source_sha256=row["source_sha256"],
+            source_bytes=row["source_bytes"],
+            shard=row["shard"],
+            **figures,
+        ),
+        sort_keys=True,
+    )
+    return row
+
+
+def _error_detail(stage: str, e: BaseException) -> str:
+    return f"{stage}: {type(e).__name__}: {e}"
+
+
+def to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
+    """Python rows -> the fixed Arrow schema (the sample object pickled, in memory only)."""
+    out = []
+    for r in rows:
+        d = {k: r.get(k) for k in ROW_SCHEMA.names}
+        sample = r.get("sample")
+        d["state"] = pickle.dumps(sample, protocol=5) if sample is not None else b""
+        d["index_row"] = d["index_row"] or ""
+        d["sample_tar"] = d["sample_tar"] or b""
+        out.append(d)
+    return pa.Table.from_pylist(out, schema=ROW_SCHEMA)
+
+
+def from_table(table: pa.Table) -> list[dict[str, Any]]:
+    rows = table.to_pylist()
+    for r in rows:
+        state = r.pop("state", b"") if "state" in r else b""
+        r["sample"] = pickle.loads(state) if state else None
+    return rows
+
+
+def result_members(row: dict[str, Any]) -> dict[str, Any]:
+    """The WebDataset members of a final `ok` row (read back from its one-sample tar)."""
+    from fgid_builder.shards import iter_tar_bytes
+
+    (members,) = list(iter_tar_bytes(row["sample_tar"]))
+    return members
+
+
+# --------------------------------------------------------------------------- stages
+
+
+class DetectStage:
+    """Read, decode (EXIF-upright RGB), detect, gate and align: image rows -> face rows."""
+
+    name = "detect"
+
+    def __init__(self, settings: StageSettings):
+        from fgid_builder.faces import FaceGates
+
+        self.settings = settings
+        self.gates = FaceGates(min_face=settings.min_face, max_faces=settings.max_faces)
+        self.backend = create_backend(settings, "detect")
+        self.model = self.backend.model_info().to_json()
+
+    def _decode(self, row: dict[str, Any]):
+        from fgid_builder.io import decode_image, read_input
+        from fgid_builder.schema import sha256_bytes
+
+        data = read_input(row["path"])
+        if sha256_bytes(data) != row["source_sha256"]:
+            raise ImageRejected(Reason.ERROR, "the file changed since it was planned")
+        return decode_image(data)
+
+    def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        decoded: dict[int, Any] = {}
+        out_by_image: dict[int, list[dict[str, Any]]] = {}
+        for i, row in enumerate(rows):
+            try:
+                decoded[i] = self._decode(row)
+            except ImageRejected as e:
+                out_by_image[i] = [_reject(row, e.reason, e.detail)]
+            except MemoryError as e:
+                out_by_image[i] = [_reject(row, Reason.TOO_LARGE, _error_detail("decode", e))]
+            except Exception as e:  # noqa: BLE001 - a bad image is a value, the reason kept
+                out_by_image[i] = [_reject(row, Reason.ERROR, _error_detail("decode", e))]
+        detections = self._detect(decoded)
+        for i, dets in detections.items():
+            row, img = rows[i], decoded[i]
+            if isinstance(dets, BaseException):
+                out_by_image[i] = [
+                    _reject(row, Reason.ERROR, _error_detail("detect", dets),
+                            width=img.width, height=img.height)
+                ]  # fmt: skip
+                continue
+            out_by_image[i] = self._faces(row, img, dets)
+        decoded.clear()
+        result: list[dict[str, Any]] = []
+        for i in range(len(rows)):
+            image_rows = out_by_image[i]
+            for j, r in enumerate(image_rows):
+                r["row_index"] = j
+                r["image_rows"] = len(image_rows)
+                result.append(r)
+        return result
+
+    def _detect(self, decoded: dict[int, Any]) -> dict[int, Any]:
+        if not decoded:
+            return {}
+        idx = sorted(decoded)
+        try:
+            found = self.backend.detect([decoded[i].rgb for i in idx])
+            return dict(zip(idx, found, strict=True))
+        except ModelFileError:
+            raise
+        except Exception:  # noqa: BLE001 - retry one by one to find the image at fault
+            out: dict[int, Any] = {}
+            for i in idx:
+                try:
+                    out[i] = self.backend.detect([decoded[i].rgb])[0]
+                except ModelFileError:
+                    raise
+                except Exception as e:  # noqa: BLE001
+                    out[i] = e
+            return out
+
+    def _faces(self, row: dict[str, Any], img: Any, dets: list) -> list[dict[str, Any]]:
+        from fgid_builder.faces import faces_from_detections
+
+        size = {"width": img.width, "height": img.height}
+        try:
+            samples, rejects = faces_from_detections(
+                img,
+                dets,
+                source={"uri": row["source_uri"], "sha256": row["source_sha256"]},
+                gates=self.gates,
+            )
+        except ImageRejected as e:
+            return [_reject(row, e.reason, e.detail, **size)]
+        except Exception as e:  # noqa: BLE001
+            return [_reject(row, Reason.ERROR, _error_detail("align", e), **size)]
+        out: list[tuple[int, dict[str, Any]]] = []
+        for face_index, reason, detail in rejects:
+            r = _reject(row, reason, detail, face_index=face_index, **size)
+            out.append((-1 if face_index is None else face_index, r))
+        for s in samples:
+            s.models["detect"] = self.model
+            r = dict(row, status="ok", sample=s)
+            out.append((int(s.face["index"]), r))
+        return [r for _, r in sorted(out, key=lambda t: t[0])]
+
+
+class _FaceStage:
+    """parse / embed / caption: one batch call over the `ok` faces (fgid_builder.process's
+    stage functions, so the output equals the in-process `ImageProcessor`'s); if the batch
+    fails, face by face, so only the face at fault becomes a reject."""
+
+    name = ""
+
+    def __init__(self, settings: StageSettings):
+        self.settings = settings
+        self.backend = create_backend(settings, self.name)
+
+    def fill(self, samples: list) -> None:  # pragma: no cover - per stage
+        raise NotImplementedError
+
+    def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        live = [i for i, r in enumerate(rows) if r["status"] == "ok"]
+        if not live:
+            return rows
+        try:
+            self.fill([rows[i]["sample"] for i in live])
+            return rows
+        except ModelFileError:
+            raise
+        except Exception:  # noqa: BLE001 - isolate the face at fault
+            pass
+        out = list(rows)
+        for i in live:
+            try:
+                self.fill([rows[i]["sample"]])
+            except ModelFileError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a failing face is a value, reason kept
+                reason = e.reason if isinstance(e, ImageRejected) else Reason.ERROR
+                out[i] = _face_reject(rows[i], reason, _error_detail(self.name, e))
+        return out
+
+
+def _face_reject(row: dict[str, Any], reason: Reason, detail: str) -> dict[str, Any]:
+    s = row["sample"]
+    face = s.face
+    return _reject(
+        row,
+        reason,
+        detail,
+        face_index=int(face["index"]),
+        width=s.source.get("width"),
+        height=s.source.get("height"),
+        det_score=face.get("det_score"),
+        bbox=face.get("bbox"),
+    )
+
+
+class ParseStage(_FaceStage):
+    name = "parse"
+
+    def fill(self, samples: list) -> None:
+        from fgid_builder.process import parse_samples
+
+        parse_samples(self.backend, samples)
+
+
+class EmbedStage(_FaceStage):
+    name = "embed"
+
+    def fill(self, samples: list) -> None:
+        from fgid_builder.process import embed_samples
+
+        embed_samples(self.backend, samples)
+
+
+class CaptionStage(_FaceStage):
+    name = "caption"
+
+    def fill(self, samples: list) -> None:
+        from fgid_builder.process import caption_samples
+
+        caption_samples(self.backend, samples)
+
+
+class EncodeStage:
+    """The sample's WebDataset members (as a one-sample tar) and its index row."""
+
+    name = "encode"
+
+    def __init__(self, settings: StageSettings):
+        self.settings = settings
+
+    def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from fgid_builder.encode import encode_sample
+        from fgid_builder.index import sample_row
+        from fgid_builder.shards import tar_bytes
+
+        out = []
+        for row in rows:
+            if row["status"] != "ok":
+                out.append(row)
+                continue
+            try:
+                members = encode_sample(row["sample"])
+                data, _ = tar_bytes([members])
+                meta = json.loads(members["json"])
+                index = sample_row(meta, shard=row["shard"])
+                index["source_bytes"] = row["source_bytes"]
+            except Exception as e:  # noqa: BLE001
+                out.append(_face_reject(row, Reason.ERROR, _error_detail("encode", e)))
+                continue
+            out.append(
+                dict(row, sample=None, sample_tar=data, index_row=json.dumps(index, sort_keys=True))
+            )
+        return out
+
+
+STAGE_CLASSES: dict[str, type] = {
+    "detect": DetectStage,
+    "parse": ParseStage,
+    "embed": EmbedStage,
+    "caption": CaptionStage,
+    "encode": EncodeStage,
+}
+
+
+class StagePool:
+    """The callable class of one actor pool: runs its stages in order on each batch."""
+
+    def __init__(self, settings: StageSettings, stages: Sequence[str]):
+        self.stages = [STAGE_CLASSES[name](settings) for name in stages]
+        self.first_is_detect = stages[0] == "detect"
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.first_is_detect:
+            rows = batch.to_pylist()
+        else:
+            rows = from_table(batch)
+        for stage in self.stages:
+            rows = stage.process(rows)
+        return to_table(rows)
+
+
+# --------------------------------------------------------------------------- the dataset
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    stages: tuple[str, ...]
+    concurrency: int
+    num_cpus: float
+    num_gpus: float
+
+
+def plan_pools(
+    *,
+    workers: int,
+    fuse: bool,
+    concurrency: dict[str, int] | None = None,
+    gpus: dict[str, float] | None = None,
+) -> list[PoolSpec]:
+    """Group the stages into actor pools and size them so their CPU asks fit in `workers`."""
+    concurrency = concurrency or {}
+    gpus = gpus or {}
+    on_gpu = {name: gpus.get(name, 0.0) > 0 for name in STAGE_NAMES}
+    groups: list[list[str]] = []
+    for name in STAGE_NAMES:
+        if not fuse or on_gpu[name] or not groups or on_gpu[groups[-1][0]]:
+            groups.append([name])
+        else:
+            groups[-1].append(name)
+    sizes = []
+    for g in groups:
+        default = workers if (fuse or g[0] == "detect") else 1
+        sizes.append(max(concurrency.get(n, default) for n in g))
+    cpu_pools = [s for g, s in zip(groups, sizes, strict=True) if not on_gpu[g[0]]]
+    total = sum(cpu_pools) or 1
+    per_actor = min(1.0, workers / total)
+    return [
+        PoolSpec(
+            stages=tuple(g),
+            concurrency=s,
+            num_cpus=0.0 if on_gpu[g[0]] else per_actor,
+            num_gpus=float(gpus.get(g[0], 0.0)),
+        )
+        for g, s in zip(groups, sizes, strict=True)
+    ]
+
+
+def build_dataset(images: list[dict[str, Any]], cfg: Any, *, workers: int):
+    """The Ray dataset of result rows for `images` (plan rows), lazily executed."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    settings = StageSettings(
+        backends=backend_targets(cfg.backends()),
+        models_dir=cfg.models_dir,
+        min_face=cfg.min_face,
+        max_faces=cfg.max_faces,
+    )
+    table = pa.Table.from_pylist(
+        [{k: r[k] for k in INPUT_SCHEMA.names} for r in images], schema=INPUT_SCHEMA
+    )
+    bs = cfg.batch_size
+    ds = ray.data.from_arrow([table.slice(i, bs) for i in range(0, table.num_rows, bs)])
+    for pool in plan_pools(workers=workers, fuse=cfg.fuse, concurrency=cfg.concurrency,
+                           gpus=cfg.gpus):  # fmt: skip
+        kwargs: dict[str, Any] = {}
+        if pool.num_gpus:
+            kwargs["num_gpus"] = pool.num_gpus
+        ds = ds.map_batches(
+            StagePool,
+            fn_constructor_kwargs={"settings": settings, "stages": pool.stages},
+            batch_size=bs,
+            batch_format="pyarrow",
+            zero_copy_batch=True,
+            compute=ActorPoolStrategy(size=pool.concurrency),
+            num_cpus=pool.num_cpus,
+            **kwargs,
+        )
+    return ds

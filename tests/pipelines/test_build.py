@@ -1,0 +1,240 @@
+"""`fgid build`: config <-> CLI, pool planning, shard assembly, and the whole pipeline on Ray.
+
+The default suite runs the pipeline end to end on one shared local Ray instance (awkward inputs,
+1 vs 2 workers, resume after a simulated crash, plain-webdataset reading, --strict). The
+separate-process checks (kill -9, --address on a `ray start --head` cluster, the deepface
+acceptance) are in test_build_acceptance.py and marked slow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fgid_builder.index import read_index
+from fgid_builder.shards import iter_shard, shard_paths, temp_path_for
+from pipelines.build import (
+    INDEX,
+    PARTS,
+    SHARDS,
+    BuildConfig,
+    BuildError,
+    ShardAssembler,
+    build_command,
+    run_build,
+)
+from pipelines.ray_stages import STAGE_NAMES, plan_pools
+from tests.pipelines.inputs import make_bad_inputs
+
+# --------------------------------------------------------------------------- fast, no Ray
+
+
+def test_cli_options_map_one_to_one_to_config():
+    params = {p.name for p in build_command.params}
+    assert params == {f.name for f in dataclasses.fields(BuildConfig)}
+
+
+def test_config_validation(tmp_path):
+    with pytest.raises(BuildError):
+        BuildConfig(input=None, out=str(tmp_path))
+    with pytest.raises(BuildError, match="unknown detect backend"):
+        BuildConfig(input="x", out=str(tmp_path), detector="nope")
+    with pytest.raises(BuildError, match="unknown stage"):
+        BuildConfig(input="x", out=str(tmp_path), concurrency={"decode": 2})
+
+
+def test_plan_pools():
+    fused = plan_pools(workers=2, fuse=True)
+    assert [p.stages for p in fused] == [STAGE_NAMES] and fused[0].concurrency == 2
+    assert fused[0].num_cpus == 1.0
+    split = plan_pools(workers=2, fuse=False, concurrency={"embed": 2})
+    assert [p.stages for p in split] == [(s,) for s in STAGE_NAMES]
+    assert sum(p.num_cpus * p.concurrency for p in split) <= 2.0 + 1e-9
+    gpu = plan_pools(workers=4, fuse=True, gpus={"embed": 1})
+    assert [p.stages for p in gpu] == [("detect", "parse"), ("embed",), ("caption", "encode")]
+    assert gpu[1].num_gpus == 1 and gpu[1].num_cpus == 0
+
+
+def test_shard_assembler_waits_for_every_row():
+    asm = ShardAssembler({"000000": 2, "000001": 1})
+    assert asm.add({"shard": "000000", "order": 1, "image_rows": 2}) is None
+    assert asm.add({"shard": "000001", "order": 2, "image_rows": 1}) == "000001"
+    assert asm.add({"shard": "000000", "order": 0, "image_rows": 1}) is None
+    assert asm.add({"shard": "000000", "order": 1, "image_rows": 2}) == "000000"
+    assert [r["order"] for r in asm.pop("000000")] == [0, 1, 1]
+    assert asm.pending() == ["000001"]
+
+
+# --------------------------------------------------------------------------- on Ray
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    import logging
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory) -> tuple[Path, dict[str, str | None]]:
+    root = tmp_path_factory.mktemp("bad") / "in"
+    return root, make_bad_inputs(root)
+
+
+def _output_bytes(out: Path) -> dict[str, bytes]:
+    """Every deterministic output file (all but OUT/logs/)."""
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.relative_to(out).parts[0] != "logs"
+    }
+
+
+def _cfg(inp: Path, out: Path, **kw) -> BuildConfig:
+    opts = {"workers": 2, "shard_size": 4, "max_faces": 2, "progress": False}
+    opts.update(kw)
+    return BuildConfig(input=str(inp), out=str(out), **opts)
+
+
+@pytest.fixture(scope="module")
+def built(ray_local, bad_inputs, tmp_path_factory) -> Path:
+    inp, _ = bad_inputs
+    out = tmp_path_factory.mktemp("built") / "out"
+    run_build(_cfg(inp, out, workers=2))
+    return out
+
+
+@pytest.mark.integration
+def test_every_input_has_rows_with_its_reason(built, bad_inputs):
+    _, expected = bad_inputs
+    rows = read_index(built / INDEX).to_pylist()
+    by_uri: dict[str, list[dict]] = {}
+    for r in rows:
+        by_uri.setdefault(r["source_uri"], []).append(r)
+    assert set(by_uri) == set(expected)
+    for uri, reason in expected.items():
+        got = by_uri[uri]
+        if reason is None:
+            assert any(r["status"] == "ok" for r in got), (uri, got)
+        elif reason == "too_many_faces":  # the 2 largest faces kept, the others recorded
+            assert sum(r["status"] == "ok" for r in got) == 2, got
+            assert {r["reason"] for r in got if r["status"] != "ok"} >= {"too_many_faces"}
+        else:
+            assert [r["reason"] for r in got] == [reason], (uri, got)
+    keys = [r["key"] for r in rows if r["status"] == "ok"]
+    assert len(keys) == len(set(keys))
+    # the copy names the key prefix of the photo it duplicates
+    dup = by_uri["zz copy of astronaut.jpg"][0]
+    assert dup["duplicate_of"] == by_uri["good/astronaut.jpg"][0]["key"].split("_")[0]
+    # EXIF-rotated: the face is found in the upright frame (portrait taller than wide)
+    rot = by_uri["exif_rotated.jpg"][0]
+    assert (rot["width"], rot["height"]) == (450, 527)
+
+
+@pytest.mark.integration
+def test_shards_committed_and_consistent(built):
+    stats = sorted((built / SHARDS).glob("*.json"))
+    tars = shard_paths(built / SHARDS)
+    assert [p.stem for p in stats] == [p.stem for p in tars] and tars
+    index = read_index(built / INDEX)
+    n_ok = sum(s == "ok" for s in index.column("status").to_pylist())
+    keys = []
+    for p in stats:
+        st = json.loads(p.read_text())
+        keys += st["keys"]
+        assert (built / st["index_part"]["name"]).is_file()
+    assert len(keys) == n_ok == len(set(keys))
+    assert not [p for p in built.rglob(".*") if p.is_file()], "temporary files left"
+
+
+@pytest.mark.integration
+def test_plain_webdataset_gives_every_field(built):
+    wds = pytest.importorskip("webdataset")
+    urls = [str(p) for p in shard_paths(built / SHARDS)]
+    n = 0
+    for s in wds.WebDataset(urls, shardshuffle=False).decode("rgb8"):
+        n += 1
+        assert s["jpg"].shape == (512, 512, 3)
+        assert s["mask.png"].ndim in (2, 3)
+        emb = s["id.npy"]
+        assert emb.dtype == np.float32 and abs(float(np.linalg.norm(emb)) - 1) < 1e-3
+        meta = s["json"]
+        assert meta["key"] == s["__key__"]
+        assert set(meta["captions"]["regions"]) == {"face", "ears", "eyes", "nose", "mouth"}
+        assert meta["embedding"]["dim"] == emb.shape[0]
+        assert set(meta["models"]) == {"detect", "parse", "embed", "caption"}
+    assert n == sum(len(list(iter_shard(p))) for p in urls) > 0
+
+
+@pytest.mark.integration
+def test_one_worker_gives_the_same_bytes(built, bad_inputs, tmp_path):
+    inp, _ = bad_inputs
+    out = tmp_path / "out1"
+    run_build(_cfg(inp, out, workers=1, batch_size=3))
+    assert _output_bytes(out) == _output_bytes(built)
+
+
+@pytest.mark.integration
+def test_resume_after_a_crash_redoes_only_uncommitted_work(built, bad_inputs, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(built, out, symlinks=True)
+    want = _output_bytes(built)
+    # a crash after shard 000001's tar but before its stats; a half-written temp file; no index
+    (out / SHARDS / "000001.json").unlink()
+    (out / PARTS / "000001.parquet").unlink()
+    temp_path_for(out / SHARDS / "000002.tar").write_bytes(b"half a tar")
+    (out / INDEX).unlink()
+    # the same settings again: only shard 1 is redone, from the saved plan
+    summary = run_build(_cfg(bad_inputs[0], out))
+    assert summary.shards_written == 1 and summary.shards_skipped == summary.shards_total - 1
+    assert _output_bytes(out) == want
+
+
+@pytest.mark.integration
+def test_cli_exit_codes(built, bad_inputs, tmp_path):
+    """A finished OUT is resumed without Ray: exit 0; --strict with rejects: exit 1; settings
+    that differ from OUT's: exit 2 with a one-line message."""
+    inp, _ = bad_inputs
+    runner = CliRunner()
+    args = [str(inp), str(built), "--workers", "2", "--shard-size", "4", "--max-faces", "2",
+            "--no-progress"]  # fmt: skip
+    ok = runner.invoke(build_command, args)
+    assert ok.exit_code == 0, ok.output
+    assert "rejects:" in ok.output and "duplicate 1" in ok.output
+    strict = runner.invoke(build_command, [*args, "--strict"])
+    assert strict.exit_code == 1
+    other = runner.invoke(build_command, [*args[:-1], "--min-face", "80"])
+    assert other.exit_code == 2 and "other settings" in other.output
+
+
+def test_model_file_error_exits_2(tmp_path, monkeypatch):
+    from fgid_builder import registry
+    from fgid_builder.schema import ModelFileError
+
+    class Missing:
+        def __init__(self, **kw):
+            raise ModelFileError("dlib weights not found: /nowhere/w.dat (pass --models-dir DIR)")
+
+    monkeypatch.setattr(registry, "backend_class", lambda stage, name: Missing)
+    monkeypatch.setattr("pipelines.build.run_build", lambda cfg: Missing())
+    inp = tmp_path / "in"
+    inp.mkdir()
+    res = CliRunner().invoke(build_command, [str(inp), str(tmp_path / "out"), "--no-progress"])
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines()[-1].startswith("fgid build: dlib weights not found")
