@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -113,9 +114,12 @@ class BuildConfig:
             "caption": self.captioner,
         }
 
-    def output_settings(self) -> dict[str, Any]:
-        """What decides the output bytes (`OUT/build.json`); a resume must match it."""
+    def output_settings(self, models: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What decides the output bytes (`OUT/build.json`); a resume must match it.
+
+        `models` (stage -> name, version, weights SHA-256) pins the weights too."""
         return {
+            "models": models,
             "schema_version": SCHEMA_VERSION,
             "input": "--demo" if self.demo else os.path.abspath(str(self.input)),
             "shard_size": self.shard_size,
@@ -141,6 +145,7 @@ class BuildSummary:
     rejects: dict[str, int] = field(default_factory=dict)  # reason -> rows, whole dataset
     temp_files_removed: int = 0
     seconds_plan: float = 0.0
+    seconds_ray_start: float = 0.0
     seconds_process: float = 0.0
     seconds_total: float = 0.0
     workers: int = 0
@@ -155,8 +160,9 @@ class BuildSummary:
             f"shards {self.shards_total} ({self.shards_written} written, "
             f"{self.shards_skipped} already committed)",
             f"rejects: {rejects}",
-            f"{self.images_per_second:.2f} images/s over {self.seconds_process:.1f} s processing "
-            f"with {self.workers} workers ({self.seconds_total:.1f} s in all)",
+            f"{self.images_per_second:.2f} images/s with {self.workers} workers "
+            f"({self.seconds_process:.1f} s processing; {self.seconds_plan:.1f} s planning, "
+            f"{self.seconds_ray_start:.1f} s starting Ray, {self.seconds_total:.1f} s in all)",
         ]
 
 
@@ -249,7 +255,22 @@ def shard_is_committed(out: Path, shard: str) -> bool:
 # --------------------------------------------------------------------------- the run
 
 
-def _prepare_out(cfg: BuildConfig) -> tuple[Path, int]:
+def check_models(cfg: BuildConfig) -> dict[str, Any]:
+    """Every backend's model info, before any worker starts: a missing weight file is a
+    ModelFileError (exit 2) now, not an actor failure later. Cheap: nothing is loaded."""
+    from fgid_builder import registry
+
+    infos: dict[str, Any] = {}
+    for stage, name in cfg.backends().items():
+        try:
+            backend = registry.backend_class(stage, name)(models_dir=cfg.models_dir)
+        except ImportError as e:
+            raise BuildError(f"{stage} backend {name!r} cannot be imported: {e}") from None
+        infos[stage] = backend.model_info().to_json()
+    return infos
+
+
+def _prepare_out(cfg: BuildConfig, models: dict[str, Any]) -> tuple[Path, int]:
     """Create OUT's folders, remove what a killed run left half-written, check settings."""
     from fgid_builder.shards import atomic_write_bytes, clean_temp_files
 
@@ -259,12 +280,13 @@ def _prepare_out(cfg: BuildConfig) -> tuple[Path, int]:
     removed = sum(len(clean_temp_files(d)) for d in (out, out / SHARDS, out / PARTS))
     if removed:
         log.info("removed %d temporary files left by an interrupted run", removed)
-    settings = json.dumps(cfg.output_settings(), indent=1, sort_keys=True).encode() + b"\n"
+    wanted = cfg.output_settings(models)
+    settings = json.dumps(wanted, indent=1, sort_keys=True).encode() + b"\n"
     path = out / SETTINGS
     if path.is_file():
         if path.read_bytes() != settings:
             old = json.loads(path.read_text())
-            diff = sorted(k for k, v in cfg.output_settings().items() if old.get(k) != v)
+            diff = sorted(k for k, v in wanted.items() if old.get(k) != v)
             raise BuildError(
                 f"{out} holds a build made with other settings ({', '.join(diff)}); "
                 "use a new OUT folder or the same settings"
@@ -345,8 +367,8 @@ def _quiet_ray_data() -> None:
         ctx.print_on_execution_start = False
     with contextlib.suppress(AttributeError):
         ctx.enable_operator_progress_bars = False
-    for name in ("ray.data", "ray.data._internal.execution.streaming_executor"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
 
 
 def _find_model_error(exc: BaseException) -> ModelFileError | None:
@@ -377,7 +399,8 @@ def run_build(cfg: BuildConfig) -> BuildSummary:
 
     t0 = time.perf_counter()
     summary = BuildSummary()
-    out, summary.temp_files_removed = _prepare_out(cfg)
+    models = check_models(cfg)
+    out, summary.temp_files_removed = _prepare_out(cfg, models)
     plan = _load_or_make_plan(cfg, out, threads=max(2, cfg.workers or os.cpu_count() or 2))
     summary.seconds_plan = time.perf_counter() - t0
     sizes = shard_sizes(plan)
@@ -396,6 +419,8 @@ def run_build(cfg: BuildConfig) -> BuildSummary:
         try:
             with _ray_session(cfg) as workers:
                 summary.workers = workers
+                summary.seconds_ray_start = time.perf_counter() - t1
+                t1 = time.perf_counter()
                 written = _process(cfg, out, images, {s: sizes[s] for s in todo}, workers)
         except BuildError:
             raise

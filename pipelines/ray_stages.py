@@ -443,7 +443,9 @@ def build_dataset(images: list[dict[str, Any]], cfg: Any, *, workers: int):
     table = pa.Table.from_pylist(
         [{k: r[k] for k in INPUT_SCHEMA.names} for r in images], schema=INPUT_SCHEMA
     )
-    bs = cfg.batch_size
+    # Blocks of `batch_size` images, smaller when there are fewer images than that per worker,
+    # so every actor gets work. (Block boundaries never change the output: rows are sorted.)
+    bs = max(1, min(cfg.batch_size, -(-table.num_rows // max(1, workers))))
     ds = ray.data.from_arrow([table.slice(i, bs) for i in range(0, table.num_rows, bs)])
     for pool in plan_pools(workers=workers, fuse=cfg.fuse, concurrency=cfg.concurrency,
                            gpus=cfg.gpus):  # fmt: skip

@@ -223,18 +223,13 @@ def test_cli_exit_codes(built, bad_inputs, tmp_path):
     assert other.exit_code == 2 and "other settings" in other.output
 
 
-def test_model_file_error_exits_2(tmp_path, monkeypatch):
-    from fgid_builder import registry
-    from fgid_builder.schema import ModelFileError
-
-    class Missing:
-        def __init__(self, **kw):
-            raise ModelFileError("dlib weights not found: /nowhere/w.dat (pass --models-dir DIR)")
-
-    monkeypatch.setattr(registry, "backend_class", lambda stage, name: Missing)
-    monkeypatch.setattr("pipelines.build.run_build", lambda cfg: Missing())
+def test_missing_weights_exit_2_before_ray_starts(tmp_path):
     inp = tmp_path / "in"
     inp.mkdir()
-    res = CliRunner().invoke(build_command, [str(inp), str(tmp_path / "out"), "--no-progress"])
-    assert res.exit_code == 2
-    assert res.output.strip().splitlines()[-1].startswith("fgid build: dlib weights not found")
+    models = tmp_path / "models"
+    models.mkdir()
+    args = [str(inp), str(tmp_path / "out"), "--embedder", "arcface", "--models-dir", str(models)]
+    res = CliRunner().invoke(build_command, args)
+    assert res.exit_code == 2, res.output
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("fgid build: ") and str(models) in last
