@@ -181,11 +181,13 @@ class MLLMCaptioner(Backend):
         self._processor()
         if self.num_threads:
             torch.set_num_threads(int(self.num_threads))
+        from safetensors import SafetensorError
+
         try:
             model = AutoModelForImageTextToText.from_pretrained(
                 str(folder), local_files_only=True, dtype=self._torch_dtype()
             )
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
             msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise ModelFileError(
                 f"MLLM captioner weights cannot be loaded: {folder} ({msg})"
