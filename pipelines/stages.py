@@ -334,12 +334,10 @@ class StageStats:
     rejects: int = 0
     rejects_by_reason: dict[str, int] = field(default_factory=dict)  # whole dataset so far
     new_rejects: int = 0  # rejected by this stage
-    backend: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
-            "stage": self.stage,
             "inputs": self.inputs,
             "images": self.images,
             "faces_in": self.faces_in,
@@ -350,8 +348,6 @@ class StageStats:
             "ok_rate": round(self.faces_ok / self.faces_in, 6) if self.faces_in else None,
             "faces_per_image": round(self.faces_ok / self.images, 6) if self.images else None,
         }
-        if self.backend is not None:
-            d["backend"] = self.backend
         d.update(self.extra)
         return d
 
@@ -511,7 +507,7 @@ def run_face_stage(cfg: StageConfig) -> StageStats:
     settings = _settings(cfg, cfg.stage)
     detect = cfg.stage == "detect"
     stage = _make_detect_stage(settings) if detect else STAGE_CLASSES[cfg.stage](settings)
-    stats = StageStats(stage=cfg.stage, backend=stage.backend.model_info().to_json())
+    stats = StageStats(stage=cfg.stage)
     reasons: Counter[str] = Counter()
     images: set[int] = set()
     total = _num_rows(cfg.input)
