@@ -13,6 +13,8 @@ import shutil
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code
+
 from fgid_builder.demo import demo_photos
 
 

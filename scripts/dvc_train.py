@@ -35,6 +35,9 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+# This checkout's code first (not an installed copy), so DVC runs what its deps hash.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 # Per-step figures that depend on wall-clock time, not on the data and the weights.
 TIMING_KEYS = ("samples_per_s",)
 
