@@ -317,7 +317,15 @@ def bpe_tokenizer(special: list[str], *, vocab_size: int = 400, **named: str):
 
 
 def tiny_llava(
-    path: Path, *, seed: int = 0, image_size: int = 32, layers: int = 2, hidden: int = 64
+    path: Path,
+    *,
+    seed: int = 0,
+    image_size: int = 32,
+    patch: int = 8,
+    vision_hidden: int = 32,
+    vision_layers: int = 2,
+    layers: int = 2,
+    hidden: int = 64,
 ) -> Path:
     """A LLaVA-1.5-shaped model (CLIP vision tower + projector + Llama) with random weights."""
     import torch
@@ -339,13 +347,12 @@ def tiny_llava(
     )
     tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
     image_id = tok.convert_tokens_to_ids("<image>")
-    patch = 8
     vision = CLIPVisionConfig(
         image_size=image_size,
         patch_size=patch,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
+        hidden_size=vision_hidden,
+        intermediate_size=vision_hidden * 2,
+        num_hidden_layers=vision_layers,
         num_attention_heads=2,
         projection_dim=32,
     )
