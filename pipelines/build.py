@@ -346,7 +346,16 @@ def _ray_session(cfg: BuildConfig) -> Iterator[int]:
             "configure_logging": True,
         }
         if cfg.address:
-            ray.init(address=cfg.address, **common)
+            try:
+                ray.init(address=cfg.address, **common)
+            except (ConnectionError, ray.exceptions.RayError) as e:
+                hint = ""
+                if os.environ.get("RAY_AUTH_MODE") != "token":
+                    hint = " (a cluster with token authentication needs RAY_AUTH_MODE=token)"
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise BuildError(
+                    f"cannot join the Ray cluster at {cfg.address}: {first}{hint}"
+                ) from None
         else:
             ray.init(address="local", num_cpus=cfg.workers or os.cpu_count() or 1, **common)
         started = True

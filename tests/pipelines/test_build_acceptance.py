@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -91,7 +92,18 @@ def _free_port() -> int:
 
 
 def test_address_of_a_ray_start_head_cluster_gives_the_same_bytes(photos, reference, tmp_path):
+    import shutil
+    import tempfile
+
+    import psutil
+
     port = _free_port()
+    # a short private temp dir: Ray's socket paths must stay short, and `ray start` must not
+    # overwrite /tmp/ray/ray_current_cluster, which other `ray.init()` callers read
+    temp_dir = tempfile.mkdtemp(prefix="fgidray", dir="/tmp")
+    # Ray >= 2.5x clusters started by `ray start` use token authentication; a driver joining
+    # one needs RAY_AUTH_MODE=token (the token is in ~/.ray/auth_token)
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_ADDRESS="")
     head = subprocess.Popen(
         [
             "ray",
@@ -101,14 +113,17 @@ def test_address_of_a_ray_start_head_cluster_gives_the_same_bytes(photos, refere
             "--num-cpus=2",
             "--include-dashboard=false",
             "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
             "--block",
         ],  # fmt: skip
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        env=env,
     )
+    started: list[psutil.Process] = []
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 180
         ready = False
         while time.time() < deadline and head.poll() is None and not ready:
             with socket.socket() as s:
@@ -116,16 +131,26 @@ def test_address_of_a_ray_start_head_cluster_gives_the_same_bytes(photos, refere
             time.sleep(1)
         assert ready, "ray start --head did not come up"
         out = tmp_path / "out"
-        res = _run([str(photos), str(out), "--address", f"127.0.0.1:{port}", "--workers", "2",
-                    *ARGS])  # fmt: skip
+        res = subprocess.run(
+            [*FGID, str(photos), str(out), "--address", f"127.0.0.1:{port}", "--workers", "2",
+             *ARGS],  # fmt: skip
+            capture_output=True, text=True, timeout=600, env=env, check=False,
+        )  # fmt: skip
         assert res.returncode == 0, res.stderr[-3000:]
         assert _outputs(out) == _outputs(reference)
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # the head and what it started, nothing else
+        with contextlib.suppress(psutil.Error):
+            started = psutil.Process(head.pid).children(recursive=True)
+        os.killpg(head.pid, signal.SIGTERM)  # the head's own process group
         try:
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+            head.kill()
+        _gone, alive = psutil.wait_procs(started, timeout=30)
+        for p in alive:  # what the head started and left behind, by pid
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_kill_9_halfway_then_resume_is_identical(photos, reference, tmp_path):
