@@ -139,11 +139,9 @@ def region_crop(image: np.ndarray, sel: np.ndarray, margin: float = 0.1) -> Imag
 _WORD_RE = {name: re.compile(rf"\b{name}\b", re.IGNORECASE) for name in REGION_NAMES}
 
 
-def facial_prompt(meta: dict[str, Any], regions: list[str], marker: str) -> str:
-    """'Caption: <global> Detail: <region sentences>' with the marker after each region word."""
-    captions = meta.get("captions") or {}
-    per_region = captions.get("regions") or {}
-    details = []
+def _region_sentences(meta: dict[str, Any], regions: list[str], marker: str) -> list[str]:
+    per_region = ((meta.get("captions") or {}).get("regions")) or {}
+    out = []
     for name in regions:
         sentence = (per_region.get(name) or "").strip()
         match = _WORD_RE[name].search(sentence)
@@ -151,9 +149,48 @@ def facial_prompt(meta: dict[str, Any], regions: list[str], marker: str) -> str:
             sentence = f"{sentence[: match.end()]} {marker}{sentence[match.end() :]}"
         else:
             sentence = f"{name} {marker}: {sentence}".rstrip(": ")
-        details.append(sentence)
-    global_caption = (captions.get("global") or "").strip()
-    return f"Caption: {global_caption} Detail: {' '.join(details)}".strip()
+        out.append(sentence)
+    return out
+
+
+def _join(global_words: list[str], details: list[list[str]]) -> str:
+    detail = " ".join(" ".join(words) for words in details)
+    return f"Caption: {' '.join(global_words)} Detail: {detail}".strip()
+
+
+def facial_prompt(
+    meta: dict[str, Any], regions: list[str], marker: str, tokenizer: Any = None
+) -> str:
+    """'Caption: <global> Detail: <region sentences>' with the marker after each region word.
+
+    With a tokenizer the prompt is shortened to fit its context (77 for CLIP): words come off the
+    end of the global caption first (keeping 8), then off the longest region sentence, never the
+    region word or its marker, so every marker survives truncation.
+    """
+    global_words = ((meta.get("captions") or {}).get("global") or "").split()
+    details = [s.split() for s in _region_sentences(meta, regions, marker)]
+    text = _join(global_words, details)
+    if tokenizer is None:
+        return text
+    budget = tokenizer.model_max_length - 2 + len(regions)  # markers are removed later
+
+    def length(t: str) -> int:
+        return len(tokenizer(t, add_special_tokens=False).input_ids)
+
+    while length(text) > budget:
+        if len(global_words) > 8:
+            global_words = global_words[: max(8, len(global_words) - 4)]
+        else:
+            cut = [len(d) - (d.index(marker) + 1 if marker in d else 0) for d in details]
+            i = max(range(len(details)), key=lambda j: cut[j], default=None)
+            if i is None or cut[i] == 0:
+                if not global_words:
+                    break
+                global_words = global_words[:-1]
+            else:
+                details[i] = details[i][:-1]
+        text = _join(global_words, details)
+    return text
 
 
 def tokenize_with_markers(
@@ -166,7 +203,7 @@ def tokenize_with_markers(
     """
     marker_id = tokenizer.convert_tokens_to_ids(marker)
     max_len = tokenizer.model_max_length
-    ids = tokenizer(text, add_special_tokens=True, truncation=False).input_ids
+    ids = tokenizer(text, add_special_tokens=True, truncation=False, verbose=False).input_ids
     kept: list[int] = []
     positions: list[int] = []
     for tok in ids:
@@ -260,7 +297,7 @@ class SampleTransform:
         text = (
             ""
             if mode in ("caption", "both")
-            else facial_prompt(sample.meta, names, self.facial_token)
+            else facial_prompt(sample.meta, names, self.facial_token, self.tokenizer)
         )
         input_ids, positions, found = tokenize_with_markers(
             self.tokenizer, text, self.facial_token, r

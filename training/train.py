@@ -67,7 +67,10 @@ class Trainer:
 
         cfg = self.config
         run = cfg.train
+        # On a CPU-only host, several processes (torchrun / `accelerate launch --multi_gpu`) are
+        # gloo ranks; accelerate only forms them when told it is on CPU.
         self.accelerator = acc = Accelerator(
+            cpu=not torch.cuda.is_available(),
             gradient_accumulation_steps=run.gradient_accumulation_steps,
             mixed_precision=run.mixed_precision,
             log_with=run.report_to,

@@ -80,7 +80,7 @@ def test_loss_changes_with_the_region_mask_and_reaches_encoder_and_lora(tiny) ->
     moved = masks.clone()
     moved[valid] = torch.roll(1.0 - masks[valid], shifts=3, dims=-1)
     loss_moved = facial_localization_loss({k: v.detach() for k, v in maps.items()}, moved, valid)
-    assert torch.isfinite(loss) and abs(float(loss) - float(loss_moved)) > 1e-7
+    assert torch.isfinite(loss) and abs(loss.item() - loss_moved.item()) > 1e-7
     loss.backward()
 
     def grad_norm(module: torch.nn.Module) -> float:

@@ -1,0 +1,227 @@
+"""End to end on the tiny config: CLI, checkpoints, exact resume, two processes, overfitting."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from training.config import load_config
+from training.train import config_with_overrides, find_checkpoint, run_training
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_config(tiny_config_path: Path, shards: list[Path], out: Path, **train):
+    cfg = config_with_overrides(
+        tiny_config_path, shards=" ".join(map(str, shards)), output_dir=str(out)
+    )
+    cfg.train.report_to = None
+    for key, value in train.items():
+        section, _, name = key.partition("__")
+        setattr(getattr(cfg, section), name, value)
+    return cfg
+
+
+def test_fgid_train_cli_writes_metrics_checkpoints_and_adapter(
+    tiny_config_path: Path, fgid_shards: list[Path], tmp_path: Path
+) -> None:
+    from pipelines.cli import main
+
+    out = tmp_path / "run"
+    config = tmp_path / "tiny.yaml"
+    values = yaml.safe_load(tiny_config_path.read_text())
+    values["train"].update(checkpointing_steps=2, checkpoints_total_limit=2)
+    config.write_text(yaml.safe_dump(values))
+    args = [
+        "train",
+        "--config",
+        str(config),
+        "--shards",
+        str(fgid_shards[0].parent / "*.tar"),
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "5",
+    ]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert {"loss", "predict_loss", "facial_loss", "lr", "samples_per_s"} <= set(rows[0])
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-5"]
+    assert find_checkpoint(out, "latest").name == "checkpoint-5"
+    weights = load_file(str(out / "adapter" / "adapter.safetensors"))
+    assert any(k.startswith("facial_encoder.") for k in weights)
+    assert any(k.startswith("id_net.") for k in weights)
+    assert any(".lora_" in k for k in weights) and any("to_k_ip" in k for k in weights)
+    assert list((out / "logs").rglob("events.out.tfevents.*")), "TensorBoard log written"
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["id_dim"] == 128
+
+
+def test_resume_continues_exactly(
+    tiny_config_path: Path, fgid_shards: list[Path], tmp_path: Path
+) -> None:
+    straight = tiny_config(
+        tiny_config_path,
+        fgid_shards,
+        tmp_path / "a",
+        train__max_steps=6,
+        train__checkpointing_steps=3,
+        data__caption_drop=0.3,
+    )
+    full = run_training(straight)
+    cut = tiny_config(
+        tiny_config_path,
+        fgid_shards,
+        tmp_path / "b",
+        train__max_steps=3,
+        train__checkpointing_steps=3,
+        data__caption_drop=0.3,
+    )
+    run_training(cut)
+    cut.train.max_steps = 6
+    resumed = run_training(cut, resume="latest")
+    assert [r["step"] for r in resumed] == [4, 5, 6]
+    for a, b in zip(full[3:], resumed, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-7)
+    wa = load_file(str(tmp_path / "a" / "adapter" / "adapter.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "adapter" / "adapter.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+    opt = torch.load(tmp_path / "b" / "checkpoint-6" / "optimizer.pt", weights_only=True)
+    assert opt["state"][0]["step"] == 6  # AdamW moments carried over from checkpoint-3
+
+
+@pytest.mark.integration
+def test_two_processes_read_different_samples_and_stay_in_sync(
+    tiny_config_path: Path, fgid_shards: list[Path], tmp_path: Path
+) -> None:
+    values = yaml.safe_load(tiny_config_path.read_text())
+    values["data"]["shards"] = str(fgid_shards[0].parent / "*.tar")
+    values["data"]["batch_size"] = 1
+    values["train"].update(
+        output_dir=str(tmp_path / "ddp"),
+        max_steps=4,
+        report_to=None,
+        record_rank_outputs=True,
+        checkpointing_steps=100,
+    )
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump(values))
+    load_config(config)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # accelerate 1.x: `--cpu` always starts ONE process (its CPU multi-process path is mpirun);
+    # `--multi_gpu` starts torchrun ranks, which the trainer turns into gloo ranks without CUDA.
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "training.train",
+        "--config",
+        str(config),
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    outputs = tmp_path / "ddp" / "rank_outputs"
+    keys = [(outputs / f"keys_rank{r}.txt").read_text().split() for r in range(2)]
+    assert len(keys[0]) == len(keys[1]) == 4
+    assert not set(keys[0]) & set(keys[1]), "each rank reads its own shards"
+    w0 = load_file(str(outputs / "adapter_rank0.safetensors"))
+    w1 = load_file(str(outputs / "adapter_rank1.safetensors"))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    ups = [k for k in w0 if k.endswith("lora_q.up.weight")]
+    assert any(w0[k].abs().sum() > 0 for k in ups), "the (zero-initialised) LoRA has trained"
+
+
+def _overfit(tiny_config_path: Path, shards: list[Path], out: Path) -> tuple[float, float]:
+    cfg = tiny_config(
+        tiny_config_path,
+        shards,
+        out,
+        train__max_steps=300,
+        train__checkpointing_steps=1000,
+        data__batch_size=4,
+    )
+    losses = [r["loss"] for r in run_training(cfg)]
+    return statistics.mean(losses[:20]), statistics.mean(losses[-20:])
+
+
+@pytest.mark.slow
+def test_tiny_overfits_eight_shipped_faces(
+    tiny_config_path: Path, face_samples: list[dict], tmp_path: Path
+) -> None:
+    from tests.training.conftest import write_shards
+
+    shards = write_shards(face_samples[:8], tmp_path / "shards", 2)
+    first, last = _overfit(tiny_config_path, shards, tmp_path / "run")
+    assert last < first / 2, (first, last)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_tiny_overfits_eight_deepface_samples_built_by_fgid_build(
+    tiny_config_path: Path, shared_faces: Path, tmp_path: Path
+) -> None:
+    """Acceptance 1: `fgid build` on ../shared/data/faces/deepface, then 300 tiny steps."""
+    import tarfile
+
+    photos = sorted(p for p in shared_faces.glob("*.jpg"))[:12]
+    (tmp_path / "in").mkdir()
+    for p in photos:
+        (tmp_path / "in" / p.name).symlink_to(p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "build",
+            str(tmp_path / "in"),
+            str(tmp_path / "ds"),
+            "--workers",
+            "1",
+            "--shard-size",
+            "3",
+            "--max-faces",
+            "1",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
+    shards = sorted((tmp_path / "ds" / "shards").glob("*.tar"))
+    keys = [n for s in shards for n in tarfile.open(s).getnames() if n.endswith(".jpg")]
+    assert len(keys) >= 8
+    # exactly 8 samples: the shards holding the first 8
+    chosen, count = [], 0
+    for s in shards:
+        if count >= 8:
+            break
+        chosen.append(s)
+        count += sum(n.endswith(".jpg") for n in tarfile.open(s).getnames())
+    first, last = _overfit(tiny_config_path, chosen, tmp_path / "run")
+    assert last < first / 2, (first, last)
