@@ -337,6 +337,16 @@ class StageStats:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        if self.stage == "ingest":  # no faces yet: the rate is of inputs kept
+            return {
+                "inputs": self.inputs,
+                "images": self.images,
+                "rejects": self.rejects,
+                "new_rejects": self.new_rejects,
+                "rejects_by_reason": dict(sorted(self.rejects_by_reason.items())),
+                "ok_rate": round(self.images / self.inputs, 6) if self.inputs else None,
+                **self.extra,
+            }
         d: dict[str, Any] = {
             "inputs": self.inputs,
             "images": self.images,
@@ -700,9 +710,10 @@ def _invoke(stage: str, input: str, out: str, **options: Any) -> None:
         click.echo(f"fgid stage {stage}: {e}", err=True)
         sys.exit(2)
     summary = stats.to_json()
+    rejects = ", ".join(f"{k} {v}" for k, v in summary["rejects_by_reason"].items()) or "none"
+    kept = f"{summary['faces_ok']} faces ok" if "faces_ok" in summary else f"{stats.images} images"
     click.echo(
-        f"{stage}: {summary['inputs']} rows in, {summary['faces_ok']} faces ok, "
-        f"{summary['rejects']} rejects ({', '.join(f'{k} {v}' for k, v in summary['rejects_by_reason'].items()) or 'none'})"
+        f"{stage}: {summary['inputs']} rows in, {kept}, {summary['rejects']} rejects ({rejects})"
     )
 
 

@@ -90,6 +90,28 @@ def test_dvc_outputs_are_git_ignored() -> None:
     assert sorted(result.stdout.split()) == sorted(outs)
 
 
+def test_dvc_metrics_and_plots_render(tmp_path: Path) -> None:
+    """From the committed metrics and plot data alone (no pipeline run needed)."""
+    import json
+
+    if shutil.which("dvc") is None:
+        pytest.skip("dvc is not installed (pip install 'fgid[dvc]')")
+    result = subprocess.run(
+        ["dvc", "metrics", "show", "--json"], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    files = next(iter(shown.values()))["data"]
+    for stage in DATASET_STAGES:
+        m = files[f"data/metrics/{stage}.json"]["data"]
+        assert {"inputs", "images", "rejects", "ok_rate"} <= set(m)
+    assert "loss_last" in files["data/metrics/train.json"]["data"]
+    _run(["dvc", "plots", "show", "--out", str(tmp_path / "plots")], REPO)
+    html = (tmp_path / "plots" / "index.html").read_text()
+    for title in ("Detection score per face", "Facial caption length", "Training loss"):
+        assert title in html
+
+
 # --------------------------------------------------------------------------- slow: dvc repro
 
 
