@@ -13,7 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("pipelines.export_cmd", "Write the official ConsistentID folder + JSON layout."),
     "report": ("pipelines.eval_cmds", "Write the visual QA report of a built dataset."),
     "eval": ("pipelines.eval_cmds", "Score generated images against reference photos."),
-    "generate": ("pipelines.eval_cmds", "Generate portraits with a trained adapter."),
+    "generate": ("pipelines.generate_cmd", "Generate portraits with a trained adapter."),
     "train": ("pipelines.train_cmd", "Train ConsistentID on fgid shards (accelerate)."),
 }
 
