@@ -135,9 +135,9 @@ def test_dvc_repro_reproduces_committed_lock(tmp_path: Path) -> None:
     clone = tmp_path / "clone"
     _run(["git", "clone", "--quiet", str(REPO), str(clone)], tmp_path)
 
-    stages = set(_load("dvc.yaml")["stages"])
     first = _run(["dvc", "repro"], clone)
-    assert _ran(first) == stages
+    # every stage with cached outputs runs (those with only git-tracked outputs may be current)
+    assert {"demo_photos", *DATASET_STAGES, "report", "train"} <= _ran(first)
     diff = subprocess.run(
         ["git", "diff", "--stat", "--exit-code", "--", "dvc.lock", "data"],
         cwd=clone,
