@@ -163,14 +163,21 @@ class _AtomicParquet:
         self.tmp = temp_path_for(self.path)
         self.writer = pq.ParquetWriter(self.tmp, schema, **_PARQUET_OPTIONS)
         self.rows = 0
+        self._buffer: list[dict[str, Any]] = []
 
     def write(self, rows: list[dict[str, Any]]) -> None:
+        """Buffer rows; row groups are always `_ROWS_PER_GROUP` rows, whatever the batch size,
+        so the file's bytes do not depend on how the stage was batched."""
+        self._buffer.extend({c: r.get(c) for c in self.schema.names} for r in rows)
+        self.rows += len(rows)
+        while len(self._buffer) >= _ROWS_PER_GROUP:
+            self._flush(self._buffer[:_ROWS_PER_GROUP])
+            del self._buffer[:_ROWS_PER_GROUP]
+
+    def _flush(self, rows: list[dict[str, Any]]) -> None:
         if rows:
-            table = pa.Table.from_pylist(
-                [{c: r.get(c) for c in self.schema.names} for r in rows], schema=self.schema
-            )
+            table = pa.Table.from_pylist(rows, schema=self.schema)
             self.writer.write_table(table, row_group_size=_ROWS_PER_GROUP)
-            self.rows += len(rows)
 
     def __enter__(self) -> _AtomicParquet:
         return self
@@ -178,6 +185,8 @@ class _AtomicParquet:
     def __exit__(self, exc_type, exc, tb) -> None:
         from fgid_builder.shards import fsync_dir
 
+        if exc_type is None:
+            self._flush(self._buffer)
         self.writer.close()
         if exc_type is not None:
             self.tmp.unlink(missing_ok=True)
@@ -403,7 +412,6 @@ def run_ingest(cfg: StageConfig) -> StageStats:
     reasons: Counter[str] = Counter()
     paths = {item.uri: item.path for item in listed}
     with _AtomicParquet(cfg.out, INGEST_SCHEMA) as w, _progress(cfg, plan.num_rows, "img") as bar:
-        rows = []
         for r in plan.to_pylist():
             row = {c: r.get(c) for c in INGEST_SCHEMA.names}
             if r["status"] == PLANNED:
@@ -415,12 +423,8 @@ def run_ingest(cfg: StageConfig) -> StageStats:
                     stats.images += 1
             if row["status"] != PLANNED:
                 reasons[row["reason"]] += 1
-            rows.append(row)
-            if len(rows) >= _ROWS_PER_GROUP:
-                w.write(rows)
-                rows = []
+            w.write([row])
             bar.update(1)
-        w.write(rows)
     stats.inputs = plan.num_rows
     stats.rejects = stats.new_rejects = sum(reasons.values())
     stats.rejects_by_reason = dict(reasons)
