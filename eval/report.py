@@ -131,6 +131,9 @@ def _read_index(out: Path) -> list[dict[str, Any]]:
     return read_index(path).to_pylist()
 
 
+_KEPT = ("key", "source", "captions", "regions", "models", "_shard")
+
+
 def _collect(out: Path, img_dir: Path, cfg: ReportConfig) -> _Collected:
     from fgid_builder.schema import load_npy
     from fgid_builder.shards import iter_shard, shard_paths
@@ -143,8 +146,9 @@ def _collect(out: Path, img_dir: Path, cfg: ReportConfig) -> _Collected:
             key = members["__key__"]
             meta = json.loads(members["json"])
             meta["_shard"] = path.stem
-            got.metas.append(meta)
             want_sheet = len(got.sheet) < cfg.max_samples
+            # What the distributions need; landmarks and the affine stay out (memory).
+            got.metas.append({k: meta.get(k) for k in _KEPT} | {"face": None})
             want_id = len(got.keys) < cfg.max_identity and "id.npy" in members
             if not (want_sheet or want_id):
                 continue
