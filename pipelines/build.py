@@ -150,6 +150,10 @@ class BuildSummary:
     seconds_total: float = 0.0
     workers: int = 0
     images_per_second: float = 0.0
+    seconds_first_result: float = 0.0  # from the start of processing (actors starting up)
+    steady_images_per_second: float = 0.0  # from the first result to the last
+    worker_seconds: float = 0.0  # time the actors spent in stage code
+    worker_utilisation: float = 0.0  # worker_seconds / (workers x seconds_process)
 
     def lines(self) -> list[str]:
         rejects = ", ".join(f"{k} {v}" for k, v in sorted(self.rejects.items())) or "none"
@@ -430,7 +434,9 @@ def run_build(cfg: BuildConfig) -> BuildSummary:
                 summary.workers = workers
                 summary.seconds_ray_start = time.perf_counter() - t1
                 t1 = time.perf_counter()
-                written = _process(cfg, out, images, {s: sizes[s] for s in todo}, workers)
+                written, timing = _process(cfg, out, images, {s: sizes[s] for s in todo}, workers)
+                for k, v in timing.items():
+                    setattr(summary, k, v)
         except BuildError:
             raise
         except Exception as e:
@@ -443,6 +449,9 @@ def run_build(cfg: BuildConfig) -> BuildSummary:
         summary.shards_written = len(todo)
         summary.samples_written = written
         summary.images_per_second = len(images) / max(summary.seconds_process, 1e-9)
+        summary.worker_utilisation = summary.worker_seconds / max(
+            summary.seconds_process * summary.workers, 1e-9
+        )
 
     table = _merge_final_index(out, plan, list(sizes))
     status = table.column("status").to_pylist()
@@ -458,7 +467,7 @@ def run_build(cfg: BuildConfig) -> BuildSummary:
 
 def _process(
     cfg: BuildConfig, out: Path, images: list[dict[str, Any]], sizes: dict[str, int], workers: int
-) -> int:
+) -> tuple[int, dict[str, float]]:
     """Stream the images through Ray Data and commit every shard as soon as it is complete."""
     from tqdm import tqdm
 
@@ -468,6 +477,9 @@ def _process(
     ds = build_dataset(images, cfg, workers=workers)
     assembler = ShardAssembler(sizes)
     written = committed = 0
+    worker_seconds = 0.0
+    arrivals: list[float] = []  # when each image's first row reached the driver
+    start = time.perf_counter()
     bar_opts = {"disable": not cfg.progress, "file": sys.stderr, "dynamic_ncols": True}
     with (
         tqdm(total=len(images), desc="images", unit="img", position=0, **bar_opts) as img_bar,
@@ -475,8 +487,10 @@ def _process(
     ):
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             for row in batch.to_pylist():
+                worker_seconds += row["worker_seconds"] or 0.0
                 if row["row_index"] == 0:
                     img_bar.update(1)
+                    arrivals.append(time.perf_counter())
                 shard = assembler.add(row)
                 if shard is not None:
                     written += commit_shard(out, shard, assembler.pop(shard), sizes[shard])
@@ -485,7 +499,13 @@ def _process(
     missing = assembler.pending()
     if missing or committed != len(sizes):
         raise RuntimeError(f"the pipeline ended with incomplete shards: {missing}")
-    return written
+    timing = {"worker_seconds": worker_seconds}
+    if arrivals:
+        timing["seconds_first_result"] = arrivals[0] - start
+    if len(arrivals) > 1 and arrivals[-1] > arrivals[0]:
+        # the rate once the actors are up: images after the first result / the time they took
+        timing["steady_images_per_second"] = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+    return written, timing
 
 
 # --------------------------------------------------------------------------- CLI

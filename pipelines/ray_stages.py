@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,8 @@ ROW_SCHEMA = pa.schema(
         ("index_row", pa.string()),  # canonical JSON of the index row (set when final)
         ("state", pa.binary()),  # the in-flight FaceSample between pools (transport only)
         ("sample_tar", pa.binary()),  # the encoded sample as a one-sample tar (final rows)
+        # seconds of stage work behind this row, summed over pools (for the run log only)
+        ("worker_seconds", pa.float64()),
     ]
 )
 
@@ -374,12 +377,18 @@ class StagePool:
         self.first_is_detect = stages[0] == "detect"
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        start = time.perf_counter()
         if self.first_is_detect:
             rows = batch.to_pylist()
         else:
             rows = from_table(batch)
+        before = sum(r.get("worker_seconds") or 0.0 for r in rows)
         for stage in self.stages:
             rows = stage.process(rows)
+        if rows:  # spread this call's time (and what earlier pools spent) over its rows
+            share = (before + time.perf_counter() - start) / len(rows)
+            for r in rows:
+                r["worker_seconds"] = share
         return to_table(rows)
 
 
@@ -458,7 +467,9 @@ def build_dataset(images: list[dict[str, Any]], cfg: Any, *, workers: int):
             batch_size=bs,
             batch_format="pyarrow",
             zero_copy_batch=True,
-            compute=ActorPoolStrategy(size=pool.concurrency),
+            # two batches queued per actor: no idle gap between batches, and no actor holding
+            # a backlog while another one idles at the end
+            compute=ActorPoolStrategy(size=pool.concurrency, max_tasks_in_flight_per_actor=2),
             num_cpus=pool.num_cpus,
             **kwargs,
         )
