@@ -478,15 +478,20 @@ def make_dataloader(
     )
 
 
-def peek_id_dim(urls: list[str]) -> int:
-    """The identity embedding size of the first readable sample (the model's input dim)."""
+def peek_sample(urls: list[str]) -> DecodedSample:
+    """The first readable sample: the model's input dim and the builder models come from it."""
     for url in urls:
         try:
             for raw in iter_shard(url):
                 try:
-                    return int(decode_sample(raw).id_embed.shape[0])
+                    return decode_sample(raw)
                 except CorruptSample:
                     continue
         except (tarfile.TarError, OSError, EOFError):
             continue
     raise RuntimeError("no readable sample to read the identity embedding size from")
+
+
+def peek_id_dim(urls: list[str]) -> int:
+    """The identity embedding size of the first readable sample (the model's input dim)."""
+    return int(peek_sample(urls).id_embed.shape[0])

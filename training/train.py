@@ -62,7 +62,7 @@ class Trainer:
         from diffusers.optimization import get_scheduler
 
         from training.base_models import load_base_models
-        from training.data import SampleTransform, expand_shards, make_dataloader, peek_id_dim
+        from training.data import SampleTransform, expand_shards, make_dataloader, peek_sample
         from training.model import build_model
 
         cfg = self.config
@@ -86,7 +86,10 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
         torch.manual_seed(run.seed)  # identical adapter init on every rank
         self.urls = expand_shards(cfg.data.shards)
-        id_dim = cfg.model.id_dim or peek_id_dim(self.urls)
+        first = peek_sample(self.urls)
+        id_dim = cfg.model.id_dim or int(first.id_embed.shape[0])
+        # The builder models of the data (embedder above all), so generation can use the same.
+        self.data_models = first.meta.get("models") or {}
 
         base = load_base_models(cfg.model)
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
@@ -318,11 +321,14 @@ class Trainer:
                 str(folder / f"adapter_rank{acc.process_index}.safetensors"),
             )
         if acc.is_main_process:
-            model.save_adapter(self.output_dir / "adapter", extra={"step": self.global_step})
+            model.save_adapter(self.output_dir / "adapter", extra=self._adapter_meta())
         acc.wait_for_everyone()
         acc.end_training()
 
     # --- checkpoints -------------------------------------------------------------------------
+    def _adapter_meta(self) -> dict[str, Any]:
+        return {"step": self.global_step, "data_models": self.data_models}
+
     def save_checkpoint(self) -> Path:
         from safetensors.torch import save_file
 
@@ -338,7 +344,7 @@ class Trainer:
         )
         if acc.is_main_process:
             model = acc.unwrap_model(self.model)
-            model.save_adapter(tmp, extra={"step": self.global_step})
+            model.save_adapter(tmp, extra=self._adapter_meta())
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.lr_scheduler.state_dict(), tmp / "scheduler.pt")
             if acc.scaler is not None:
