@@ -262,6 +262,12 @@ def _batched(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
         yield items[i : i + size]
 
 
+def _pil(images: Sequence[np.ndarray]) -> list[Any]:
+    from PIL import Image
+
+    return [Image.fromarray(np.asarray(im, dtype=np.uint8)) for im in images]
+
+
 def _unit(x: Any) -> np.ndarray:
     a = x.detach().float().cpu().numpy().astype(np.float64)
     return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
@@ -302,7 +308,7 @@ class ClipEncoder:
         self._load()
         rows = []
         for batch in _batched(images, self.batch_size):
-            px = self._processor(images=list(batch), return_tensors="pt")["pixel_values"]
+            px = self._processor(images=_pil(batch), return_tensors="pt")["pixel_values"]
             with torch.inference_mode():
                 rows.append(
                     _unit(_pooled(self._model.get_image_features(pixel_values=px.to(self.device))))
@@ -367,7 +373,7 @@ class DinoEncoder:
         self._load()
         rows = []
         for batch in _batched(images, self.batch_size):
-            px = self._processor(images=list(batch), return_tensors="pt")["pixel_values"]
+            px = self._processor(images=_pil(batch), return_tensors="pt")["pixel_values"]
             with torch.inference_mode():
                 out = self._model(pixel_values=px.to(self.device))
             rows.append(_unit(out.last_hidden_state[:, 0]))
