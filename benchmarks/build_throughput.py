@@ -102,7 +102,9 @@ class TreeMonitor:
                     total += p.memory_info().rss
                     t = p.cpu_times()
                     self.cpu[p.pid] = t.user + t.system
-                    self.names.setdefault(p.pid, p.name())
+                    name = " ".join(p.cmdline()[:1]) or p.name()
+                    if not name.startswith("ray::IDLE"):  # workers rename once they get work
+                        self.names[p.pid] = name
             except psutil.Error:
                 pass
         if total > self.peak:
@@ -120,7 +122,7 @@ class TreeMonitor:
             name = self.names.get(pid, "")
             if pid == self.root.pid:
                 out["driver"] += sec
-            elif name.startswith("ray::") and "IDLE" not in name:
+            elif "MapWorker" in name or "StagePool" in name:
                 out["actors"] += sec
             else:
                 out["ray"] += sec

@@ -233,3 +233,14 @@ def test_missing_weights_exit_2_before_ray_starts(tmp_path):
     assert res.exit_code == 2, res.output
     last = res.output.strip().splitlines()[-1]
     assert last.startswith("fgid build: ") and str(models) in last
+
+
+def test_nothing_to_process_needs_no_ray(tmp_path):
+    """Only rejects (or nothing) in INPUT: no Ray at all, an index of the reject rows."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "empty.jpg").write_bytes(b"")
+    summary = run_build(BuildConfig(input=str(inp), out=str(tmp_path / "out"), progress=False))
+    assert summary.shards_total == 0 and summary.rejects == {"empty_file": 1}
+    rows = read_index(tmp_path / "out" / INDEX).to_pylist()
+    assert [(r["source_uri"], r["reason"]) for r in rows] == [("empty.jpg", "empty_file")]
