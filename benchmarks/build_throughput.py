@@ -165,6 +165,22 @@ def pipeline(inp: Path, workers: int, extra: list[str] | None = None) -> dict:
     return summary
 
 
+def describe(s: dict) -> str:
+    n = max(1, s["images_read"])
+    cpu = s["cpu_seconds"]
+    return (
+        f"{s['images_per_second']:.2f} images/s over {s['seconds_process']:.1f} s processing, "
+        f"{s['steady_images_per_second']:.2f} images/s once the actors were up (first result "
+        f"after {s['seconds_first_result']:.1f} s; +{s['seconds_ray_start']:.1f} s Ray start, "
+        f"{s['seconds_plan']:.1f} s plan; {s['wall_seconds']:.1f} s wall; {s['samples']} samples)"
+        f"\n      actors in stage code {100 * s['worker_utilisation']:.0f}% of the time, "
+        f"{1000 * s['worker_seconds'] / n:.0f} ms wall per image; CPU per image: actors "
+        f"{1000 * cpu['actors'] / n:.0f} ms, driver {1000 * cpu['driver'] / n:.0f} ms, "
+        f"Ray daemons {1000 * cpu['ray'] / n:.0f} ms; "
+        f"peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB over {s['peak_processes']} processes"
+    )
+
+
 def reencode_ten_sizes(photos: list[Path], dest: Path) -> int:
     """640 inputs: each photo re-encoded at ten sizes (90%..45% of its sides)."""
     from PIL import Image, ImageOps
@@ -211,20 +227,7 @@ def main() -> None:
     runs = {w: pipeline(args.photos, w) for w in (1, 2)}
     print("\npipeline (fgid build, own process), 64 inputs:")
     for w, s in runs.items():
-        n = max(1, s["images_read"])
-        cpu = s["cpu_seconds"]
-        print(
-            f"  --workers {w}: {s['images_per_second']:.2f} images/s over "
-            f"{s['seconds_process']:.1f} s processing, {s['steady_images_per_second']:.2f} "
-            f"images/s once the actors were up (first result after "
-            f"{s['seconds_first_result']:.1f} s; +{s['seconds_ray_start']:.1f} s Ray start, "
-            f"{s['seconds_plan']:.1f} s plan; {s['wall_seconds']:.1f} s wall)\n"
-            f"      actors in stage code {100 * s['worker_utilisation']:.0f}% of the time, "
-            f"{1000 * s['worker_seconds'] / n:.0f} ms wall per image; CPU per image: actors "
-            f"{1000 * cpu['actors'] / n:.0f} ms, driver {1000 * cpu['driver'] / n:.0f} ms, "
-            f"Ray daemons {1000 * cpu['ray'] / n:.0f} ms; "
-            f"peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB over {s['peak_processes']} processes"
-        )
+        print(f"  --workers {w}: " + describe(s))
     ratio = runs[2]["images_per_second"] / (2.0 / seq)
     ratio1 = runs[1]["images_per_second"] / (1.0 / seq)
     steady = runs[2]["steady_images_per_second"] / (2.0 / seq)
@@ -236,10 +239,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             n = reencode_ten_sizes(photos, Path(tmp))
             big = pipeline(Path(tmp), 2)
-        print(f"\nmemory, --workers 2: {len(photos)} inputs peak "
-              f"{runs[2]['peak_rss_bytes'] / 2**20:.0f} MiB; {n} inputs peak "
-              f"{big['peak_rss_bytes'] / 2**20:.0f} MiB "
-              f"({big['images_per_second']:.2f} images/s, {big['samples']} samples)")  # fmt: skip
+        print(f"\n{n} inputs (the photos re-encoded at ten sizes), --workers 2: " + describe(big))
+        print(f"peak memory, --workers 2: {len(photos)} inputs "
+              f"{runs[2]['peak_rss_bytes'] / 2**20:.0f} MiB, {n} inputs "
+              f"{big['peak_rss_bytes'] / 2**20:.0f} MiB")  # fmt: skip
     print(f"load average after: {os.getloadavg()[0]:.1f} (other processes share these cores)")
     print(
         "\nper-stage ms (json): "
