@@ -376,9 +376,6 @@ def _quiet_ray_data() -> None:
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
-    # no locality tracking: one node in the common case, and its tracker actor costs CPU
-    with contextlib.suppress(AttributeError):
-        ctx.execution_options.actor_locality_enabled = False
     with contextlib.suppress(AttributeError):
         ctx.print_on_execution_start = False
     with contextlib.suppress(AttributeError):
