@@ -214,14 +214,19 @@ def test_tiny_overfits_eight_deepface_samples_built_by_fgid_build(
     )
     assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
     shards = sorted((tmp_path / "ds" / "shards").glob("*.tar"))
-    keys = [n for s in shards for n in tarfile.open(s).getnames() if n.endswith(".jpg")]
-    assert len(keys) >= 8
-    # exactly 8 samples: the shards holding the first 8
-    chosen, count = [], 0
-    for s in shards:
-        if count >= 8:
-            break
-        chosen.append(s)
-        count += sum(n.endswith(".jpg") for n in tarfile.open(s).getnames())
+    # Exactly 8 samples: the members of the first 8 keys, copied byte for byte into one tar.
+    chosen = [tmp_path / "eight.tar"]
+    keys: list[str] = []
+    with tarfile.open(chosen[0], "w") as dst:
+        for shard in shards:
+            with tarfile.open(shard) as src:
+                for info in src.getmembers():
+                    key = info.name.rsplit("/", 1)[-1].split(".", 1)[0]
+                    if key not in keys:
+                        if len(keys) == 8:
+                            continue
+                        keys.append(key)
+                    dst.addfile(info, src.extractfile(info))
+    assert len(keys) == 8, keys
     first, last = _overfit(tiny_config_path, chosen, tmp_path / "run")
     assert last < first / 2, (first, last)
