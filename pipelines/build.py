@@ -486,11 +486,12 @@ def _process(
         tqdm(total=len(sizes), desc="shards", unit="shard", position=1, **bar_opts) as shard_bar,
     ):
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            received = time.perf_counter()
             for row in batch.to_pylist():
                 worker_seconds += row["worker_seconds"] or 0.0
                 if row["row_index"] == 0:
                     img_bar.update(1)
-                    arrivals.append(time.perf_counter())
+                    arrivals.append(received)
                 shard = assembler.add(row)
                 if shard is not None:
                     written += commit_shard(out, shard, assembler.pop(shard), sizes[shard])
@@ -502,9 +503,11 @@ def _process(
     timing = {"worker_seconds": worker_seconds}
     if arrivals:
         timing["seconds_first_result"] = arrivals[0] - start
-    if len(arrivals) > 1 and arrivals[-1] > arrivals[0]:
-        # the rate once the actors are up: images after the first result / the time they took
-        timing["steady_images_per_second"] = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+    if arrivals and arrivals[-1] > arrivals[0]:
+        # the rate once the actors are up: the images that arrived after the first batch of
+        # results, over the time from that batch to the last
+        later = sum(1 for t in arrivals if t > arrivals[0])
+        timing["steady_images_per_second"] = later / (arrivals[-1] - arrivals[0])
     return written, timing
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from fgid_builder.faces import DEFAULT_MAX_FACES, DEFAULT_MIN_FACE
 from fgid_builder.schema import ImageRejected, ModelFileError, Reason
 
 STAGE_NAMES: tuple[str, ...] = ("detect", "parse", "embed", "caption", "encode")
@@ -62,8 +63,8 @@ class StageSettings:
 
     backends: dict[str, str]  # stage -> "module:Class", resolved in the driver (plug-ins too)
     models_dir: str | None = None
-    min_face: int = 40
-    max_faces: int = 8
+    min_face: int = DEFAULT_MIN_FACE
+    max_faces: int = DEFAULT_MAX_FACES
 
 
 def backend_targets(backends: dict[str, str]) -> dict[str, str]:
