@@ -189,6 +189,15 @@ def test_one_worker_gives_the_same_bytes(built, bad_inputs, tmp_path):
 
 
 @pytest.mark.integration
+def test_one_pool_per_stage_gives_the_same_bytes(built, bad_inputs, tmp_path):
+    """--no-fuse: five actor pools, faces carried between them through the object store."""
+    inp, _ = bad_inputs
+    out = tmp_path / "out"
+    run_build(_cfg(inp, out, workers=2, fuse=False, concurrency={"embed": 2}))
+    assert _output_bytes(out) == _output_bytes(built)
+
+
+@pytest.mark.integration
 def test_resume_after_a_crash_redoes_only_uncommitted_work(built, bad_inputs, tmp_path):
     import shutil
 
