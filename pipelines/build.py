@@ -36,6 +36,12 @@ import click
 from fgid_builder.faces import DEFAULT_MAX_FACES, DEFAULT_MIN_FACE
 from fgid_builder.registry import DEFAULTS, available
 from fgid_builder.schema import SCHEMA_VERSION, ModelFileError
+from fgid_builder.stage_resources import (
+    FLAG_NAMES,
+    StageResources,
+    click_options,
+    resources_from_click_kwargs,
+)
 
 log = logging.getLogger("fgid.build")
 
@@ -71,9 +77,13 @@ class BuildConfig:
     demo: bool = False
     batch_size: int = 4
     fuse: bool = True
+    # shorthand for `resources` (the only one for the encode stage); folded into it
     concurrency: dict[str, int] = field(default_factory=dict)
     gpus: dict[str, float] = field(default_factory=dict)
     progress: bool = True
+    # per stage: batch size, actors, GPUs/CPUs per actor, backend options (`--stage-config`
+    # YAML + `--{detector,parser,embedder,captioner}-{option,batch-size,gpus,concurrency}`)
+    resources: StageResources = field(default_factory=StageResources)
 
     def __post_init__(self) -> None:
         if self.demo and self.input:
@@ -105,6 +115,7 @@ class BuildConfig:
                     )
                 if value < 0 or (opt == "--concurrency" and value < 1):
                     raise BuildError(f"{opt} {stage}={value}: must be positive")
+        self.resources = _fold_shorthand(self.resources, self.concurrency, self.gpus)
 
     def backends(self) -> dict[str, str]:
         return {
@@ -113,6 +124,10 @@ class BuildConfig:
             "embed": self.embedder,
             "caption": self.captioner,
         }
+
+    def backend_options(self) -> dict[str, dict[str, Any]]:
+        """stage -> the backend's constructor options (empty when none were given)."""
+        return {stage: self.resources.backend_options(stage) for stage in self.backends()}
 
     def output_settings(self, models: dict[str, Any] | None = None) -> dict[str, Any]:
         """What decides the output bytes (`OUT/build.json`); a resume must match it.
@@ -124,10 +139,35 @@ class BuildConfig:
             "input": "--demo" if self.demo else os.path.abspath(str(self.input)),
             "shard_size": self.shard_size,
             "backends": self.backends(),
+            "backend_options": self.backend_options(),
             "models_dir": None if self.models_dir is None else os.path.abspath(self.models_dir),
             "min_face": self.min_face,
             "max_faces": self.max_faces,
         }
+
+
+def _fold_shorthand(
+    resources: StageResources, concurrency: dict[str, int], gpus: dict[str, float]
+) -> StageResources:
+    """`--concurrency STAGE=N` / `--gpus STAGE=F` into the per-stage resources; the same stage
+    given two different values (`--gpus embed=1 --embedder-gpus 0.5`) is an error."""
+    for opt, key, mapping in (
+        ("--concurrency", "concurrency", concurrency),
+        ("--gpus", "num_gpus", gpus),
+    ):
+        for stage, value in mapping.items():
+            have = getattr(resources[stage], key)
+            if have not in (None, 0, 0.0) and have != value:
+                flag = FLAG_NAMES[stage]
+                raise BuildError(
+                    f"{opt} {stage}={value} contradicts {key}={have} "
+                    f"(--{flag}-{'gpus' if key == 'num_gpus' else 'concurrency'} or "
+                    "--stage-config); give one"
+                )
+    try:
+        return resources.merged(StageResources.from_cli(concurrency=concurrency, gpus=gpus))
+    except ValueError as e:
+        raise BuildError(str(e)) from None
 
 
 @dataclass
@@ -265,13 +305,27 @@ def check_models(cfg: BuildConfig) -> dict[str, Any]:
     from fgid_builder import registry
 
     infos: dict[str, Any] = {}
+    options = cfg.backend_options()
     for stage, name in cfg.backends().items():
         try:
-            backend = registry.backend_class(stage, name)(models_dir=cfg.models_dir)
+            cls = registry.backend_class(stage, name)
         except ImportError as e:
             raise BuildError(f"{stage} backend {name!r} cannot be imported: {e}") from None
+        try:
+            backend = cls(models_dir=cfg.models_dir, **options[stage])
+        except (TypeError, ValueError) as e:
+            if not options[stage]:
+                raise
+            raise BuildError(
+                f"--{FLAG_NAMES[stage]}-option {_kv(options[stage])} for {stage} backend "
+                f"{name!r}: {e}"
+            ) from None
         infos[stage] = backend.model_info().to_json()
     return infos
+
+
+def _kv(options: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in options.items())
 
 
 def _prepare_out(cfg: BuildConfig, models: dict[str, Any]) -> tuple[Path, int]:
@@ -603,7 +657,8 @@ def _parse_stage_values(opt: str, values: Sequence[str], cast) -> dict[str, Any]
     type=int,
     default=4,
     show_default=True,
-    help="Images per Ray batch (memory per worker grows with it).",
+    help="Images per Ray batch, every stage (memory per worker grows with it); "
+    "--STAGE-batch-size sets one stage (it then runs in its own actor pool).",
 )
 @click.option(
     "--fuse/--no-fuse",
@@ -615,17 +670,20 @@ def _parse_stage_values(opt: str, values: Sequence[str], cast) -> dict[str, Any]
     "--concurrency",
     multiple=True,
     metavar="STAGE=N",
-    help="Actors for one stage with --no-fuse (detect, parse, embed, caption, encode).",
+    help="Actors for one stage (detect, parse, embed, caption, encode); the same as "
+    "--detector-concurrency etc.",
 )
 @click.option(
     "--gpus",
     multiple=True,
     metavar="STAGE=F",
-    help="GPUs per actor for a stage (its actors then run in their own pool).",
+    help="GPUs per actor for a stage (its actors then run in their own pool); the same as "
+    "--detector-gpus etc.",
 )
 @click.option(
     "--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr."
 )
+@click_options
 def build_command(
     input: str | None,
     out: str | None,
@@ -637,6 +695,12 @@ def build_command(
     paths) into OUT: OUT/shards/NNNNNN.tar + .json, OUT/index.parquet.
 
     Re-running the same command resumes: committed shards are kept, the rest is redone.
+
+    Per-stage settings: `--stage-config FILE` (YAML: stage -> batch_size, concurrency,
+    num_gpus, num_cpus, options) and the flags `--detector-option KEY=VALUE` (repeatable, the
+    value read as YAML), `--detector-batch-size`, `--detector-gpus`, `--detector-concurrency`
+    (and the same for parser, embedder, captioner); flags win over the file. Backend options
+    change the output and are recorded in OUT/build.json; batch sizes, GPUs and actors do not.
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if options["demo"] and out is None:
@@ -644,11 +708,16 @@ def build_command(
     if out is None:
         raise click.UsageError("expected INPUT OUT (or --demo OUT)")
     try:
+        try:
+            resources = resources_from_click_kwargs(options)
+        except ValueError as e:
+            raise BuildError(f"stage settings: {e}") from None
         cfg = BuildConfig(
             input=input,
             out=out,
             concurrency=_parse_stage_values("--concurrency", concurrency, int),
             gpus=_parse_stage_values("--gpus", gpus, float),
+            resources=resources,
             **options,
         )
         summary = run_build(cfg)

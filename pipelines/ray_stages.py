@@ -13,7 +13,10 @@ propagates.
 Stages run as actor pools (`map_batches` with a callable class): the backend configuration is
 shipped, the model is loaded once per actor. With `fuse` (the default on CPU) consecutive CPU
 stages share one pool, so a face is not serialised between stages; a stage given GPUs
-(`gpus={"embed": 1}`) or with `--no-fuse` gets its own pool and its own concurrency.
+(`gpus={"embed": 1}`), its own batch size or CPUs per actor, or any stage with `--no-fuse`, gets
+its own pool and its own concurrency. Per-stage settings come from
+`fgid_builder.stage_resources.StageResources` (`--stage-config` YAML and per-stage flags); each
+backend is constructed with `models_dir` plus that stage's `options`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import json
 import pickle
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -65,6 +68,8 @@ class StageSettings:
     models_dir: str | None = None
     min_face: int = DEFAULT_MIN_FACE
     max_faces: int = DEFAULT_MAX_FACES
+    # stage -> backend constructor kwargs (`--captioner-option model=...`, YAML `options:`)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def backend_targets(backends: dict[str, str]) -> dict[str, str]:
@@ -84,7 +89,7 @@ def create_backend(settings: StageSettings, stage: str) -> Any:
 
     module, _, cls_name = settings.backends[stage].partition(":")
     cls = getattr(importlib.import_module(module), cls_name)
-    backend = cls(models_dir=settings.models_dir)
+    backend = cls(models_dir=settings.models_dir, **settings.options.get(stage, {}))
     backend.load()
     return backend
 
@@ -402,6 +407,7 @@ class PoolSpec:
     concurrency: int
     num_cpus: float
     num_gpus: float
+    batch_size: int | None = None  # None: the run's default (`--batch-size`)
 
 
 def plan_pools(
@@ -410,14 +416,22 @@ def plan_pools(
     fuse: bool,
     concurrency: dict[str, int] | None = None,
     gpus: dict[str, float] | None = None,
+    batch_sizes: dict[str, int] | None = None,
+    cpus: dict[str, float] | None = None,
 ) -> list[PoolSpec]:
-    """Group the stages into actor pools and size them so their CPU asks fit in `workers`."""
+    """Group the stages into actor pools and size them so their CPU asks fit in `workers`.
+
+    A stage with GPUs, its own batch size or its own CPUs per actor runs alone in its pool;
+    with `fuse` the other consecutive stages share one pool."""
     concurrency = concurrency or {}
     gpus = gpus or {}
+    batch_sizes = batch_sizes or {}
+    cpus = cpus or {}
     on_gpu = {name: gpus.get(name, 0.0) > 0 for name in STAGE_NAMES}
+    alone = {n: on_gpu[n] or n in batch_sizes or n in cpus for n in STAGE_NAMES}
     groups: list[list[str]] = []
     for name in STAGE_NAMES:
-        if not fuse or on_gpu[name] or not groups or on_gpu[groups[-1][0]]:
+        if not fuse or alone[name] or not groups or alone[groups[-1][0]]:
             groups.append([name])
         else:
             groups[-1].append(name)
@@ -425,15 +439,24 @@ def plan_pools(
     for g in groups:
         default = workers if (fuse or g[0] == "detect") else 1
         sizes.append(max(concurrency.get(n, default) for n in g))
-    cpu_pools = [s for g, s in zip(groups, sizes, strict=True) if not on_gpu[g[0]]]
+    cpu_pools = [
+        s for g, s in zip(groups, sizes, strict=True) if not on_gpu[g[0]] and g[0] not in cpus
+    ]
     total = sum(cpu_pools) or 1
     per_actor = min(1.0, workers / total)
+
+    def num_cpus(stage: str) -> float:
+        if stage in cpus:
+            return float(cpus[stage])
+        return 0.0 if on_gpu[stage] else per_actor
+
     return [
         PoolSpec(
             stages=tuple(g),
             concurrency=s,
-            num_cpus=0.0 if on_gpu[g[0]] else per_actor,
+            num_cpus=num_cpus(g[0]),
             num_gpus=float(gpus.get(g[0], 0.0)),
+            batch_size=batch_sizes.get(g[0]) if len(g) == 1 else None,
         )
         for g, s in zip(groups, sizes, strict=True)
     ]
@@ -444,11 +467,13 @@ def build_dataset(images: list[dict[str, Any]], cfg: Any, *, workers: int):
     import ray
     from ray.data import ActorPoolStrategy
 
+    res = cfg.resources
     settings = StageSettings(
         backends=backend_targets(cfg.backends()),
         models_dir=cfg.models_dir,
         min_face=cfg.min_face,
         max_faces=cfg.max_faces,
+        options=cfg.backend_options(),
     )
     items = [{k: r[k] for k in INPUT_SCHEMA.names} for r in images]
     # Blocks of about `batch_size` images, fewer when there are fewer images than that per
@@ -456,15 +481,22 @@ def build_dataset(images: list[dict[str, Any]], cfg: Any, *, workers: int):
     # sorted.) `from_items` builds the blocks in the driver: no metadata task per block.
     bs = max(1, min(cfg.batch_size, -(-len(items) // max(1, workers))))
     ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // bs)))
-    for pool in plan_pools(workers=workers, fuse=cfg.fuse, concurrency=cfg.concurrency,
-                           gpus=cfg.gpus):  # fmt: skip
+    pools = plan_pools(
+        workers=workers,
+        fuse=cfg.fuse,
+        concurrency=res.concurrency_map(),
+        gpus=res.gpus_map(),
+        batch_sizes={s: r.batch_size for s, r in res.stages.items() if r.batch_size},
+        cpus={s: r.num_cpus for s, r in res.stages.items() if r.num_cpus is not None},
+    )
+    for pool in pools:
         kwargs: dict[str, Any] = {}
         if pool.num_gpus:
             kwargs["num_gpus"] = pool.num_gpus
         ds = ds.map_batches(
             StagePool,
             fn_constructor_kwargs={"settings": settings, "stages": pool.stages},
-            batch_size=bs,
+            batch_size=pool.batch_size or bs,
             batch_format="pyarrow",
             zero_copy_batch=True,
             # two batches queued per actor: no idle gap between batches, and no actor holding

@@ -114,15 +114,18 @@ class StageConfig:
     models_dir: str | None = None
     min_face: int = DEFAULT_MIN_FACE
     max_faces: int = DEFAULT_MAX_FACES
-    batch_size: int = 4
+    batch_size: int | None = None  # None: the --stage-config batch_size of the stage, else 4
     shard_size: int = 1000
     threads: int = 2
     stats: str | None = None
     progress: bool = True
+    options: dict[str, Any] = field(default_factory=dict)  # this stage's backend options
 
     def __post_init__(self) -> None:
         if self.stage not in STAGE_ORDER:
             raise click.UsageError(f"unknown stage {self.stage!r}; stages: {STAGE_ORDER}")
+        if self.batch_size is None:
+            self.batch_size = 4
         for name, value in (
             ("--batch-size", self.batch_size),
             ("--shard-size", self.shard_size),
@@ -443,6 +446,7 @@ def _settings(cfg: StageConfig, stage: str):
         models_dir=cfg.models_dir,
         min_face=cfg.min_face,
         max_faces=cfg.max_faces,
+        options={stage: dict(cfg.options)} if cfg.options else {},
     )
 
 
@@ -691,10 +695,52 @@ def _opt_batch(f):
     return click.option(
         "--batch-size",
         type=int,
-        default=4,
-        show_default=True,
-        help="Rows handed to the backend at once (memory grows with it).",
+        default=None,
+        help="Rows handed to the backend at once (memory grows with it); default: the "
+        "stage's batch_size in --stage-config, else 4.",
     )(f)
+
+
+def _opt_backend(stage: str):
+    """`--stage-config FILE` and `--{detector,...}-option KEY=VALUE`, as in `fgid build`."""
+    from fgid_builder.stage_resources import FLAG_NAMES
+
+    flag = FLAG_NAMES[stage]
+
+    def deco(f):
+        f = click.option(
+            f"--{flag}-option",
+            "backend_option",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help=f"Option of the {stage} backend (value read as YAML), as in `fgid build`.",
+        )(f)
+        return click.option(
+            "--stage-config",
+            type=click.Path(exists=True, dir_okay=False),
+            default=None,
+            help="The YAML of `fgid build --stage-config`: this stage's options and batch_size.",
+        )(f)
+
+    return deco
+
+
+def _backend_settings(stage: str, options: dict[str, Any]) -> None:
+    """Pop `--stage-config` / `--X-option` from a command's kwargs into `options` and
+    `batch_size` (flags win over the file)."""
+    from fgid_builder.stage_resources import StageResources, parse_option_values
+
+    path = options.pop("stage_config", None)
+    values = options.pop("backend_option", ())
+    try:
+        res = StageResources.from_cli(
+            stage_config=path, options={stage: parse_option_values(values) or None}
+        )
+    except ValueError as e:
+        raise click.UsageError(f"stage settings: {e}") from None
+    options["options"] = res.backend_options(stage)
+    if options.get("batch_size") is None:
+        options["batch_size"] = res[stage].batch_size
 
 
 def _opt_models_dir(f):
@@ -707,6 +753,8 @@ def _opt_models_dir(f):
 
 def _invoke(stage: str, input: str, out: str, **options: Any) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if stage in FACE_STAGES:
+        _backend_settings(stage, options)
     cfg = StageConfig(stage=stage, input=input, out=out, **options)
     try:
         stats = run_stage(cfg)
@@ -766,6 +814,7 @@ def ingest_command(input: str, out: str, **options: Any) -> None:
     help="Keep the N largest faces of a photo (the rest: too_many_faces); 0 = all.",
 )
 @_opt_models_dir
+@_opt_backend("detect")
 @_opt_batch
 @_opt_stats
 @_opt_progress
@@ -785,6 +834,7 @@ def _face_stage_command(stage: str, option: str, what: str, doc: str):
         help=f"{what} backend: {', '.join(available(stage))}.",
     )
     @_opt_models_dir
+    @_opt_backend(stage)
     @_opt_batch
     @_opt_stats
     @_opt_progress

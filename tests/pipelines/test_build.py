@@ -34,9 +34,109 @@ from tests.pipelines.inputs import make_bad_inputs
 # --------------------------------------------------------------------------- fast, no Ray
 
 
+def _resource_params() -> set[str]:
+    """The per-stage flags `fgid_builder.stage_resources.click_options` adds."""
+    import click
+
+    from fgid_builder.stage_resources import click_options
+
+    return {p.name for p in click_options(click.command()(lambda **kw: None)).params}
+
+
 def test_cli_options_map_one_to_one_to_config():
     params = {p.name for p in build_command.params}
-    assert params == {f.name for f in dataclasses.fields(BuildConfig)}
+    fields = {f.name for f in dataclasses.fields(BuildConfig)}
+    # the per-stage flags all land in BuildConfig.resources
+    assert params == (fields - {"resources"}) | _resource_params()
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Run `fgid build` up to the config: run_build records it and returns an empty summary."""
+    from pipelines import build
+
+    seen: dict[str, BuildConfig] = {}
+
+    def fake_run_build(cfg):
+        seen["cfg"] = cfg
+        return build.BuildSummary()
+
+    monkeypatch.setattr(build, "run_build", fake_run_build)
+    return seen
+
+
+def test_stage_config_yaml_and_flags_reach_the_config(tmp_path, captured):
+    yml = tmp_path / "stages.yaml"
+    yml.write_text(
+        "detect: {batch_size: 8, options: {upsample: 1}}\n"
+        "caption: {concurrency: 2, num_gpus: 1, options: {model: tiny-llava, max_new_tokens: 8}}\n"
+    )
+    args = ["in", str(tmp_path / "out"), "--stage-config", str(yml),
+            "--captioner-option", "max_new_tokens=4", "--captioner-option", "do_sample=false",
+            "--embedder-batch-size", "16", "--concurrency", "encode=2", "--parser-gpus", "0.5"]  # fmt: skip
+    res = CliRunner().invoke(build_command, args)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    cfg = captured["cfg"]
+    r = cfg.resources
+    assert cfg.backend_options() == {
+        "detect": {"upsample": 1},
+        "parse": {},
+        "embed": {},
+        "caption": {"model": "tiny-llava", "max_new_tokens": 4, "do_sample": False},
+    }
+    assert r["detect"].batch_size == 8 and r["embed"].batch_size == 16
+    assert r.concurrency_map() == {"caption": 2, "encode": 2}
+    assert r.gpus_map() == {"parse": 0.5, "caption": 1.0}
+    # options change the bytes: recorded with the output settings; resources do not
+    settings = cfg.output_settings()
+    assert settings["backend_options"]["caption"]["model"] == "tiny-llava"
+    assert "batch_size" not in json.dumps(settings) and "concurrency" not in json.dumps(settings)
+    # per-stage batch sizes and GPUs become their own pools
+    pools = plan_pools(
+        workers=2,
+        fuse=True,
+        concurrency=r.concurrency_map(),
+        gpus=r.gpus_map(),
+        batch_sizes={s: x.batch_size for s, x in r.stages.items() if x.batch_size},
+    )
+    assert [p.stages for p in pools] == [("detect",), ("parse",), ("embed",), ("caption",),
+                                         ("encode",)]  # fmt: skip
+    assert pools[0].batch_size == 8 and pools[1].num_gpus == 0.5 and pools[3].concurrency == 2
+
+
+def test_stage_settings_errors_exit_2(tmp_path, captured):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("decode: {batch_size: 2}\n")
+    runner = CliRunner()
+    res = runner.invoke(build_command, ["in", "out", "--stage-config", str(bad)])
+    assert res.exit_code == 2 and "unknown stage" in res.output
+    res = runner.invoke(build_command, ["in", "out", "--gpus", "embed=1", "--embedder-gpus", "0.5"])
+    assert res.exit_code == 2 and "contradicts" in res.output
+    res = runner.invoke(build_command, ["in", "out", "--detector-option", "noequals"])
+    assert res.exit_code == 2 and "KEY=VALUE" in res.output
+
+
+def test_backend_options_reach_the_backend(tmp_path):
+    """Driver-side check and actor-side construction both pass the options."""
+    from pipelines.build import check_models
+    from pipelines.ray_stages import StageSettings, backend_targets, create_backend
+
+    cfg = BuildConfig(input="x", out=str(tmp_path), resources=_resources(upsample=2))
+    assert "upsample=2" in check_models(cfg)["detect"]["version"]
+    settings = StageSettings(
+        backends=backend_targets(cfg.backends()), options={"detect": {"upsample": 2}}
+    )
+    assert create_backend(settings, "detect").upsample == 2
+    with pytest.raises(BuildError, match="--detector-option upsample=9"):
+        check_models(BuildConfig(input="x", out=str(tmp_path), resources=_resources(upsample=9)))
+    with pytest.raises(BuildError, match="--detector-option nope=1"):
+        check_models(BuildConfig(input="x", out=str(tmp_path), resources=_resources(nope=1)))
+
+
+def _resources(**detect_options):
+    from fgid_builder.stage_resources import StageResources
+
+    return StageResources.from_dict({"detect": {"options": detect_options}})
 
 
 def test_config_validation(tmp_path):
@@ -195,6 +295,30 @@ def test_one_pool_per_stage_gives_the_same_bytes(built, bad_inputs, tmp_path):
     out = tmp_path / "out"
     run_build(_cfg(inp, out, workers=2, fuse=False, concurrency={"embed": 2}))
     assert _output_bytes(out) == _output_bytes(built)
+
+
+@pytest.mark.integration
+def test_detector_option_changes_the_build(ray_local, tmp_path):
+    """`--detector-option upsample=1` reaches the dlib detector inside the Ray actors: recorded
+    in build.json and in every sample's model version; another option, another OUT."""
+    from tests.pipelines.inputs import _photos
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    _photos()["astronaut.png"].save(inp / "astronaut.png")
+    out = tmp_path / "out"
+    args = [str(inp), str(out), "--workers", "1", "--no-progress",
+            "--detector-option", "upsample=1", "--detector-batch-size", "2"]  # fmt: skip
+    res = CliRunner().invoke(build_command, args)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    settings = json.loads((out / "build.json").read_text())
+    assert settings["backend_options"]["detect"] == {"upsample": 1}
+    metas = [s["json"] for p in shard_paths(out / SHARDS) for s in iter_shard(p)]
+    assert metas and all(
+        "upsample=1" in json.loads(m)["models"]["detect"]["version"] for m in metas
+    )
+    other = CliRunner().invoke(build_command, args[:-4])  # same OUT, no option: refused
+    assert other.exit_code == 2 and "backend_options" in other.output
 
 
 @pytest.mark.integration

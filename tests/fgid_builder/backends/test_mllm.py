@@ -119,3 +119,58 @@ def test_vllm_without_the_extra_names_it(mllm_dir: Path) -> None:
     assert info.prompt["sampling"]["temperature"] == 0.0
     clone = pickle.loads(pickle.dumps(cap))
     assert clone.model == "tiny-llava"
+
+
+# -- through the CLIs ------------------------------------------------------------------------------
+
+
+def test_captioner_option_reaches_the_backend(mllm_dir: Path, shipped_photos, tmp_path) -> None:
+    """`--captioner-option model=tiny-llava` picks the folder under --models-dir: `fgid stage
+    caption` records it in every sample; `fgid build` checks it before Ray starts (a model
+    folder that is not there: exit 2 naming it) and records the options in build.json."""
+    from click.testing import CliRunner
+
+    from pipelines.build import BuildConfig, check_models
+    from pipelines.cli import main
+    from pipelines.stages import sample_from_columns
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    shutil.copyfile(shipped_photos[0], inp / shipped_photos[0].name)
+    runner = CliRunner()
+
+    def stage(*args: str) -> None:
+        res = runner.invoke(main, ["stage", *args, "--no-progress"])
+        assert res.exit_code == 0, res.output + repr(res.exception)
+
+    stage("ingest", str(inp), str(tmp_path / "ingest.parquet"))
+    prev = tmp_path / "ingest.parquet"
+    for name in ("detect", "parse", "embed"):
+        stage(name, str(prev), str(tmp_path / f"{name}.parquet"))
+        prev = tmp_path / f"{name}.parquet"
+    yml = tmp_path / "stages.yaml"
+    yml.write_text("caption: {batch_size: 2, options: {max_new_tokens: 4}}\n")
+    stage("caption", str(prev), str(tmp_path / "caption.parquet"), "--captioner", "mllm",
+          "--models-dir", str(mllm_dir), "--captioner-option", "model=tiny-llava",
+          "--stage-config", str(yml))  # fmt: skip
+    import pyarrow.parquet as pq
+
+    rows = [r for r in pq.read_table(tmp_path / "caption.parquet").to_pylist()]
+    ok = [sample_from_columns(r) for r in rows if r["status"] == "ok"]
+    assert ok, rows
+    for s in ok:
+        info = s.models["caption"]
+        assert info["name"] == "mllm/tiny-llava" and info["prompt"]["max_new_tokens"] == 4
+
+    # fgid build: the driver-side check constructs the backend with the same options
+    from fgid_builder.stage_resources import StageResources
+
+    res = StageResources.from_dict({"caption": {"options": {"model": "tiny-llava"}}})
+    cfg = BuildConfig(input=str(inp), out=str(tmp_path / "ds"), captioner="mllm",
+                      models_dir=str(mllm_dir), resources=res)  # fmt: skip
+    assert check_models(cfg)["caption"]["name"] == "mllm/tiny-llava"
+    missing = runner.invoke(main, ["build", str(inp), str(tmp_path / "ds"), "--captioner", "mllm",
+                                   "--models-dir", str(mllm_dir),
+                                   "--captioner-option", "model=not-there"])  # fmt: skip
+    assert missing.exit_code == 2, missing.output
+    assert str(mllm_dir / "mllm" / "not-there") in missing.output.strip().splitlines()[-1]
