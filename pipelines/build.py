@@ -9,10 +9,15 @@ Flow (DESIGN.md, "Pipeline properties"):
    inside the workers; a failure on one image or face is a row with a reason, never a lost block;
 3. the driver collects the rows of each shard; when every image of a shard has reported, it
    commits the shard: tar, then its index part, then the stats JSON (the commit marker);
-4. merge the index parts and the planning rejects into `OUT/index.parquet`.
+4. merge the index parts and the planning rejects into `OUT/index.parquet`;
+5. write the QA report `OUT/report/index.html` (eval.report; `--no-report` skips it). The
+   report is a view of the dataset, rebuilt from scratch by every run: if it fails, the error
+   is logged (`OUT/logs/report_error.txt`) and printed, the dataset is kept as committed, and
+   the exit code is 0, or 1 under `--strict`.
 
-Everything under OUT except `OUT/logs/` is byte-deterministic: the same inputs, settings and
-model versions give the same bytes whatever `--workers`, `--address` or interruptions.
+Everything under OUT except `OUT/logs/` and `OUT/report/` is byte-deterministic: the same
+inputs, settings and model versions give the same bytes whatever `--workers`, `--address` or
+interruptions.
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ class BuildConfig:
     concurrency: dict[str, int] = field(default_factory=dict)
     gpus: dict[str, float] = field(default_factory=dict)
     progress: bool = True
+    report: bool = True  # write OUT/report/ (the QA report) at the end
     # per stage: batch size, actors, GPUs/CPUs per actor, backend options (`--stage-config`
     # YAML + `--{detector,parser,embedder,captioner}-{option,batch-size,gpus,concurrency}`)
     resources: StageResources = field(default_factory=StageResources)
@@ -194,10 +200,13 @@ class BuildSummary:
     steady_images_per_second: float = 0.0  # from the first result to the last
     worker_seconds: float = 0.0  # time the actors spent in stage code
     worker_utilisation: float = 0.0  # worker_seconds / (workers x seconds_process)
+    report: str | None = None  # OUT/report/index.html when written
+    report_error: str | None = None  # one line when writing the report failed
+    seconds_report: float = 0.0
 
     def lines(self) -> list[str]:
         rejects = ", ".join(f"{k} {v}" for k, v in sorted(self.rejects.items())) or "none"
-        return [
+        lines = [
             f"images listed {self.images_listed}, unique {self.images_planned}, "
             f"read this run {self.images_read}",
             f"faces written {self.samples_written} this run, {self.samples} in the dataset",
@@ -208,6 +217,11 @@ class BuildSummary:
             f"({self.seconds_process:.1f} s processing; {self.seconds_plan:.1f} s planning, "
             f"{self.seconds_ray_start:.1f} s starting Ray, {self.seconds_total:.1f} s in all)",
         ]
+        if self.report:
+            lines.append(f"report: {self.report}")
+        if self.report_error:
+            lines.append(f"report FAILED (the dataset is complete): {self.report_error}")
+        return lines
 
 
 # --------------------------------------------------------------------------- shard assembly
@@ -514,9 +528,33 @@ def run_build(cfg: BuildConfig) -> BuildSummary:
     summary.rejects = dict(
         sorted(Counter(r for s, r in zip(status, reasons, strict=True) if s != "ok").items())
     )
+    if cfg.report:
+        t2 = time.perf_counter()
+        summary.report, summary.report_error = _write_report(out)
+        summary.seconds_report = time.perf_counter() - t2
     summary.seconds_total = time.perf_counter() - t0
     (out / LOGS / "summary.json").write_text(json.dumps(asdict(summary), indent=1) + "\n")
     return summary
+
+
+def _write_report(out: Path) -> tuple[str | None, str | None]:
+    """The QA report of the finished dataset: (path, None), or (None, error) when it failed;
+    a failure never touches the committed shards and index (the traceback goes to logs/)."""
+    import traceback
+
+    from eval.report import write_report
+
+    error_file = out / LOGS / "report_error.txt"
+    try:
+        path = write_report(out)
+    except Exception as e:  # noqa: BLE001 - a report failure must not lose the dataset
+        first = (str(e).strip().splitlines() or [""])[0]
+        line = f"{type(e).__name__}: {first}" if first else type(e).__name__
+        log.error("the QA report failed (the dataset is complete): %s", line)
+        error_file.write_text(traceback.format_exc())
+        return None, f"{line} (traceback in {error_file})"
+    error_file.unlink(missing_ok=True)
+    return str(path), None
 
 
 def _process(
@@ -603,7 +641,11 @@ def _parse_stage_values(opt: str, values: Sequence[str], cast) -> dict[str, Any]
     show_default=True,
     help="Unique input images per shard (a shard holds all faces of its images).",
 )
-@click.option("--strict", is_flag=True, help="Exit with 1 if any input or face was rejected.")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit with 1 if any input or face was rejected, or the QA report failed.",
+)
 @click.option(
     "--detector",
     default=DEFAULTS["detect"],
@@ -683,6 +725,13 @@ def _parse_stage_values(opt: str, values: Sequence[str], cast) -> dict[str, Any]
 @click.option(
     "--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr."
 )
+@click.option(
+    "--report/--no-report",
+    default=True,
+    show_default=True,
+    help="Write the QA report OUT/report/index.html at the end (as `fgid report OUT`). If it "
+    "fails the dataset is kept and the error printed; exit 1 only with --strict.",
+)
 @click_options
 def build_command(
     input: str | None,
@@ -726,6 +775,11 @@ def build_command(
         sys.exit(2)
     for line in summary.lines():
         click.echo(line)
-    if cfg.strict and summary.rejects:
-        click.echo(f"fgid build --strict: {sum(summary.rejects.values())} rejects", err=True)
+    if summary.report_error:
+        click.echo(f"fgid build: the QA report failed: {summary.report_error}", err=True)
+    if cfg.strict and (summary.rejects or summary.report_error):
+        what = f"{sum(summary.rejects.values())} rejects"
+        if summary.report_error:
+            what += ", the QA report failed"
+        click.echo(f"fgid build --strict: {what}", err=True)
         sys.exit(1)

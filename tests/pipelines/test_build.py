@@ -196,16 +196,16 @@ def bad_inputs(tmp_path_factory) -> tuple[Path, dict[str, str | None]]:
 
 
 def _output_bytes(out: Path) -> dict[str, bytes]:
-    """Every deterministic output file (all but OUT/logs/)."""
+    """Every deterministic output file (all but OUT/logs/ and the QA report OUT/report/)."""
     return {
         str(p.relative_to(out)): p.read_bytes()
         for p in sorted(out.rglob("*"))
-        if p.is_file() and p.relative_to(out).parts[0] != "logs"
+        if p.is_file() and p.relative_to(out).parts[0] not in ("logs", "report")
     }
 
 
 def _cfg(inp: Path, out: Path, **kw) -> BuildConfig:
-    opts = {"workers": 2, "shard_size": 4, "max_faces": 2, "progress": False}
+    opts = {"workers": 2, "shard_size": 4, "max_faces": 2, "progress": False, "report": False}
     opts.update(kw)
     return BuildConfig(input=str(inp), out=str(out), **opts)
 
@@ -214,8 +214,17 @@ def _cfg(inp: Path, out: Path, **kw) -> BuildConfig:
 def built(ray_local, bad_inputs, tmp_path_factory) -> Path:
     inp, _ = bad_inputs
     out = tmp_path_factory.mktemp("built") / "out"
-    run_build(_cfg(inp, out, workers=2))
+    summary = run_build(_cfg(inp, out, workers=2, report=True))
+    assert summary.report_error is None and summary.report
     return out
+
+
+@pytest.mark.integration
+def test_build_writes_the_qa_report(built):
+    page = (built / "report" / "index.html").read_text()
+    assert "rejects" in page.lower() and list((built / "report" / "img").glob("*.jpg"))
+    summary = json.loads((built / "logs" / "summary.json").read_text())
+    assert summary["report"] == str(built / "report" / "index.html")
 
 
 @pytest.mark.integration
@@ -307,7 +316,7 @@ def test_detector_option_changes_the_build(ray_local, tmp_path):
     inp.mkdir()
     _photos()["astronaut.png"].save(inp / "astronaut.png")
     out = tmp_path / "out"
-    args = [str(inp), str(out), "--workers", "1", "--no-progress",
+    args = [str(inp), str(out), "--workers", "1", "--no-progress", "--no-report",
             "--detector-option", "upsample=1", "--detector-batch-size", "2"]  # fmt: skip
     res = CliRunner().invoke(build_command, args)
     assert res.exit_code == 0, res.output + repr(res.exception)
@@ -346,7 +355,7 @@ def test_cli_exit_codes(built, bad_inputs, tmp_path):
     inp, _ = bad_inputs
     runner = CliRunner()
     args = [str(inp), str(built), "--workers", "2", "--shard-size", "4", "--max-faces", "2",
-            "--no-progress"]  # fmt: skip
+            "--no-report", "--no-progress"]  # fmt: skip
     ok = runner.invoke(build_command, args)
     assert ok.exit_code == 0, ok.output
     assert "rejects:" in ok.output and "duplicate 1" in ok.output
@@ -377,3 +386,31 @@ def test_nothing_to_process_needs_no_ray(tmp_path):
     assert summary.shards_total == 0 and summary.rejects == {"empty_file": 1}
     rows = read_index(tmp_path / "out" / INDEX).to_pylist()
     assert [(r["source_uri"], r["reason"]) for r in rows] == [("empty.jpg", "empty_file")]
+
+
+def test_a_failing_report_keeps_the_dataset(tmp_path, monkeypatch):
+    """The report fails: the index is there, the error printed and logged; exit 0, or 1 with
+    --strict (the only thing --strict has to complain about here)."""
+    import eval.report
+
+    def broken(out_dir, *, config=None):
+        raise RuntimeError("no plots today")
+
+    monkeypatch.setattr(eval.report, "write_report", broken)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    out = tmp_path / "out"
+    runner = CliRunner()
+    res = runner.invoke(build_command, [str(inp), str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "QA report failed: RuntimeError: no plots today" in res.output
+    assert (out / INDEX).is_file() and "no plots today" in (
+        out / "logs" / "report_error.txt"
+    ).read_text()
+    strict = runner.invoke(build_command, [str(inp), str(out), "--no-progress", "--strict"])
+    assert strict.exit_code == 1 and "the QA report failed" in strict.output
+    monkeypatch.undo()
+    fine = runner.invoke(build_command, [str(inp), str(out), "--no-progress", "--strict"])
+    assert fine.exit_code == 0, fine.output
+    assert (out / "report" / "index.html").is_file()
+    assert not (out / "logs" / "report_error.txt").exists()
