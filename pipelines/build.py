@@ -16,8 +16,11 @@ Flow (DESIGN.md, "Pipeline properties"):
    the exit code is 0, or 1 under `--strict`.
 
 Everything under OUT except `OUT/logs/` and `OUT/report/` is byte-deterministic: the same
-inputs, settings and model versions give the same bytes whatever `--workers`, `--address` or
-interruptions.
+inputs, settings and model versions give the same bytes whatever `--workers`, `--address`,
+interruptions, or where INPUT, `--models-dir` and the installed packages lie: no absolute path
+is recorded there (uris are relative to INPUT, `pkg://PACKAGE/FILE` for the `--demo` photos;
+`build.json` records the kind of input, not its path, and the models by name, version and
+SHA-256, not by folder). Where this run read them is in `OUT/logs/run.json`.
 """
 
 from __future__ import annotations
@@ -131,6 +134,18 @@ class BuildConfig:
             "caption": self.captioner,
         }
 
+    def input_kind(self) -> str:
+        """What build.json records of INPUT: its kind, never its path."""
+        if self.demo:
+            return "--demo"
+        return "folder" if os.path.isdir(str(self.input)) else "list file"
+
+    def input_base(self) -> str | None:
+        """The folder the plan's paths are relative to (None for --demo: pkg:// paths)."""
+        from pipelines.plan import input_base
+
+        return None if self.demo else input_base(self.input)
+
     def backend_options(self) -> dict[str, dict[str, Any]]:
         """stage -> the backend's constructor options (empty when none were given)."""
         return {stage: self.resources.backend_options(stage) for stage in self.backends()}
@@ -142,11 +157,10 @@ class BuildConfig:
         return {
             "models": models,
             "schema_version": SCHEMA_VERSION,
-            "input": "--demo" if self.demo else os.path.abspath(str(self.input)),
+            "input": self.input_kind(),
             "shard_size": self.shard_size,
             "backends": self.backends(),
             "backend_options": self.backend_options(),
-            "models_dir": None if self.models_dir is None else os.path.abspath(self.models_dir),
             "min_face": self.min_face,
             "max_faces": self.max_faces,
         }
@@ -365,7 +379,48 @@ def _prepare_out(cfg: BuildConfig, models: dict[str, Any]) -> tuple[Path, int]:
             )
     else:
         atomic_write_bytes(path, settings)
+    _record_run_paths(cfg, out)
     return out, removed
+
+
+def _record_run_paths(cfg: BuildConfig, out: Path) -> None:
+    """Where this run read its inputs and models (machine-specific, so under logs/); a resume
+    from another location is allowed (the plan's content hashes guard it) and logged."""
+    run = {
+        "input": None if cfg.demo else os.path.abspath(str(cfg.input)),
+        "input_base": cfg.input_base(),
+        "models_dir": None if cfg.models_dir is None else os.path.abspath(cfg.models_dir),
+    }
+    path = out / LOGS / "run.json"
+    if path.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            old = json.loads(path.read_text())
+            moved = sorted(k for k, v in run.items() if old.get(k) != v)
+            if moved:
+                log.info("resuming with other locations than the last run: %s", ", ".join(moved))
+    path.write_text(json.dumps(run, indent=1, sort_keys=True) + "\n")
+
+
+def _demo_listing() -> list[Any]:
+    """The package-shipped photos as listed inputs named `pkg://PACKAGE/FILE`, by uri."""
+    from fgid_builder.demo import demo_photos
+    from pipelines.plan import Listed, package_uri
+
+    listed = []
+    for photo in demo_photos():
+        photo = Path(os.path.abspath(photo))
+        for parent in photo.parents:
+            if not parent.name.isidentifier():
+                continue
+            try:
+                uri = package_uri(photo, parent.name)
+            except (FileNotFoundError, ValueError, ImportError):
+                continue
+            listed.append(Listed(uri, str(photo)))
+            break
+        else:
+            raise BuildError(f"{photo} lies in no installed package")
+    return sorted(listed, key=lambda item: item.uri)
 
 
 def _load_or_make_plan(cfg: BuildConfig, out: Path, threads: int):
@@ -375,17 +430,11 @@ def _load_or_make_plan(cfg: BuildConfig, out: Path, threads: int):
     if path.is_file():
         log.info("resuming: reading the plan in %s", path)
         return read_plan(path)
-    if cfg.demo:
-        from fgid_builder.demo import demo_photos
-
-        source: Any = [str(p) for p in demo_photos()]
-    else:
-        source = cfg.input
     try:
-        listed = list_inputs(source)
+        listed = _demo_listing() if cfg.demo else list_inputs(cfg.input)
     except FileNotFoundError as e:
         raise BuildError(str(e)) from None
-    plan = make_plan(listed, shard_size=cfg.shard_size, threads=threads)
+    plan = make_plan(listed, shard_size=cfg.shard_size, threads=threads, base=cfg.input_base())
     write_plan(path, plan)
     return plan
 
@@ -476,7 +525,7 @@ def _find_model_error(exc: BaseException) -> ModelFileError | None:
 
 def run_build(cfg: BuildConfig) -> BuildSummary:
     """Plan, process the uncommitted shards on Ray, commit them, merge the index."""
-    from pipelines.plan import planned_images, shard_sizes
+    from pipelines.plan import planned_images, resolve_path, shard_sizes
 
     t0 = time.perf_counter()
     summary = BuildSummary()
@@ -495,7 +544,13 @@ def run_build(cfg: BuildConfig) -> BuildSummary:
 
     if todo:
         todo_set = set(todo)
-        images = [r for r in planned_images(plan) if r["shard"] in todo_set]
+        base = cfg.input_base()
+        images = [
+            dict(r, path=resolve_path(r["path"], base))
+            for r in planned_images(plan)
+            if r["shard"] in todo_set
+        ]
+        _check_inputs_present(cfg, images)
         t1 = time.perf_counter()
         try:
             with _ray_session(cfg) as workers:
@@ -555,6 +610,18 @@ def _write_report(out: Path) -> tuple[str | None, str | None]:
         return None, f"{line} (traceback in {error_file})"
     error_file.unlink(missing_ok=True)
     return str(path), None
+
+
+def _check_inputs_present(cfg: BuildConfig, images: list[dict[str, Any]]) -> None:
+    """A resume reads the plan's paths under this run's INPUT: an INPUT that lacks them is a
+    mistake to stop at (not a shard of `unreadable` rejects)."""
+    missing = [r for r in images if not os.path.exists(r["path"])]
+    if missing and len(missing) == len(images):
+        raise BuildError(
+            f"none of the {len(images)} planned inputs still to process is under "
+            f"{'the installed packages' if cfg.demo else cfg.input} "
+            f"(e.g. {missing[0]['source_uri']}); resume with the INPUT that was planned"
+        )
 
 
 def _process(

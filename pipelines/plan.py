@@ -1,8 +1,11 @@
 """The planning pass: list inputs, hash them, drop duplicates, fix which image goes in which shard.
 
-The plan is a pure function of the input bytes, the input paths and `shard_size`, written once to
+The plan is a pure function of the input bytes, the input uris and `shard_size`, written once to
 `OUT/plan.parquet`; every later step (workers, resume) reads it, so the shard an image lands in
-never depends on timing or on the number of workers.
+never depends on timing or on the number of workers. It holds no machine-specific path: its
+`path` column is relative to the input's base (the INPUT folder, or a list file's folder), a
+`pkg://PACKAGE/FILE` uri for package-shipped photos, and absolute only where a list file says
+so; `resolve_path` turns it back into where this run reads the file.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
 )
+PKG_SCHEME = "pkg://"
 PLANNED = "planned"
 REJECTED = "rejected"
 
@@ -40,7 +44,8 @@ PLAN_SCHEMA = pa.schema(
     [
         pa.field("order", pa.int64(), nullable=False),  # position in the sorted input list
         pa.field("source_uri", pa.string(), nullable=False),
-        pa.field("path", pa.string(), nullable=False),  # absolute, where this run reads it
+        # where to read it: relative to the input base, pkg://..., or absolute as listed
+        pa.field("path", pa.string(), nullable=False),
         pa.field("status", pa.string(), nullable=False),  # planned | rejected
         pa.field("reason", pa.string()),
         pa.field("detail", pa.string()),
@@ -176,9 +181,65 @@ def hash_file(path: str) -> tuple[str | None, int | None, Reason | None, str]:
     return h.hexdigest(), size, None, ""
 
 
-def make_plan(listed: Sequence[Listed], *, shard_size: int, threads: int = 4) -> pa.Table:
+def input_base(source: str | os.PathLike | None) -> str | None:
+    """The folder `path`s in a plan are relative to: INPUT itself when a folder, the folder of
+    a list file; None for an explicit sequence of paths (or package photos)."""
+    if source is None or not isinstance(source, str | os.PathLike):
+        return None
+    src = Path(source)
+    if src.is_dir():
+        return _abs(src)
+    return str(src.resolve().parent)
+
+
+def package_uri(path: str | os.PathLike, package: str) -> str:
+    """`pkg://PACKAGE/relative/path` of a file inside an installed package's folder."""
+    root = _package_dir(package)
+    if root is None:
+        raise FileNotFoundError(f"package {package!r} is not installed")
+    rel = Path(_abs(path)).relative_to(root)
+    return f"{PKG_SCHEME}{package}/{rel.as_posix()}"
+
+
+def _package_dir(package: str) -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(_abs(next(iter(spec.submodule_search_locations))))
+
+
+def plan_path(item: Listed, base: str | None) -> str:
+    """What the plan records for where `item` is read (see the module docstring)."""
+    if item.uri.startswith(PKG_SCHEME):
+        return item.uri
+    if base is not None:
+        rel = os.path.relpath(item.path, base)
+        if not rel.startswith(os.pardir + os.sep) and rel != os.pardir:
+            return Path(rel).as_posix()
+    return item.path
+
+
+def resolve_path(path: str, base: str | None) -> str:
+    """A plan's `path` -> the file to open on this machine."""
+    if path.startswith(PKG_SCHEME):
+        package, _, rel = path[len(PKG_SCHEME) :].partition("/")
+        root = _package_dir(package)
+        if root is None:
+            return path  # read_input then reports it unreadable, with this uri
+        return str(root / rel)
+    if os.path.isabs(path) or base is None:
+        return path
+    return os.path.join(base, path)
+
+
+def make_plan(
+    listed: Sequence[Listed], *, shard_size: int, threads: int = 4, base: str | None = None
+) -> pa.Table:
     """Hash every input (threads: hashing and reads release the GIL), keep the first path of each
-    content, and cut the unique images into shards of `shard_size` in input order."""
+    content, and cut the unique images into shards of `shard_size` in input order. `base`: the
+    folder the `path` column is made relative to (`input_base(INPUT)`)."""
     if shard_size < 1:
         raise ValueError("shard_size must be >= 1")
     to_hash = [i for i, item in enumerate(listed) if item.reason is None]
@@ -193,7 +254,7 @@ def make_plan(listed: Sequence[Listed], *, shard_size: int, threads: int = 4) ->
         row: dict[str, Any] = {
             "order": order,
             "source_uri": item.uri,
-            "path": item.path,
+            "path": plan_path(item, base),
             "status": REJECTED,
         }
         if item.reason is not None:

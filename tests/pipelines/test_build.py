@@ -414,3 +414,46 @@ def test_a_failing_report_keeps_the_dataset(tmp_path, monkeypatch):
     assert fine.exit_code == 0, fine.output
     assert (out / "report" / "index.html").is_file()
     assert not (out / "logs" / "report_error.txt").exists()
+
+
+def test_demo_inputs_are_package_uris():
+    from pipelines.build import _demo_listing
+    from pipelines.plan import resolve_path
+
+    listed = _demo_listing()
+    uris = [item.uri for item in listed]
+    assert uris == sorted(uris) and all(u.startswith("pkg://") for u in uris)
+    pytest.importorskip("skimage")
+    assert "pkg://skimage/data/astronaut.png" in uris
+    for item in listed:
+        assert resolve_path(item.uri, None) == item.path
+
+
+@pytest.mark.integration
+def test_same_photos_elsewhere_give_the_same_bytes(ray_local, tmp_path):
+    """Inputs and models in two different absolute locations: byte-identical shards, index,
+    plan and build.json, none of which names either location."""
+    from tests.pipelines.inputs import _photos
+
+    photos = _photos()
+    outs = []
+    for where in ("a/deep/er", "b"):
+        root = tmp_path / where
+        inp = root / "photos"
+        (inp / "sub").mkdir(parents=True)
+        photos["astronaut.png"].save(inp / "astronaut.png")
+        photos["grace_hopper.jpg"].save(inp / "sub" / "grace.png")
+        (root / "models").mkdir()
+        out = root / "out"
+        run_build(_cfg(inp, out, workers=1, shard_size=1, models_dir=str(root / "models")))
+        outs.append(out)
+    a, b = (_output_bytes(o) for o in outs)
+    assert {"build.json", "plan.parquet", "index.parquet"} <= set(a)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name] == b[name], f"{name} depends on where the inputs are"
+        assert str(tmp_path).encode() not in a[name], f"{name} records an absolute path"
+    settings = json.loads(a["build.json"])
+    assert settings["input"] == "folder" and "models_dir" not in settings
+    run = json.loads((outs[1] / "logs" / "run.json").read_text())
+    assert run["input"] == str(tmp_path / "b" / "photos")

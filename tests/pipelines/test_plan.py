@@ -8,11 +8,13 @@ import pytest
 
 from fgid_builder.schema import Reason
 from pipelines.plan import (
+    input_base,
     list_inputs,
     make_plan,
     plan_bytes,
     plan_reject_rows,
     planned_images,
+    resolve_path,
     shard_sizes,
 )
 
@@ -74,3 +76,44 @@ def test_list_file(tmp_path, tree):
 def test_missing_input(tmp_path):
     with pytest.raises(FileNotFoundError):
         list_inputs(tmp_path / "nope")
+
+
+def test_plan_paths_are_relative_to_the_input(tmp_path, tree):
+    """No absolute path in the plan: the same tree elsewhere gives the same plan bytes, and the
+    paths resolve against wherever the input is now."""
+    import shutil
+
+    plan = make_plan(list_inputs(tree), shard_size=2, base=input_base(tree))
+    assert not any(str(tmp_path) in r["path"] for r in plan.to_pylist())
+    for r in planned_images(plan):
+        assert r["path"] == r["source_uri"]
+        assert open(resolve_path(r["path"], input_base(tree)), "rb").read()
+    moved = tmp_path / "else" / "where"
+    moved.mkdir(parents=True)
+    for r in planned_images(plan):
+        (moved / r["path"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tree / r["path"], moved / r["path"])
+    for name in ("sub/copy.jpg", "empty.jpg"):
+        shutil.copyfile(tree / name, moved / name)
+    os.symlink("..", moved / "sub" / "loop")
+    os.symlink("self.jpg", moved / "self.jpg")
+    again = make_plan(list_inputs(moved), shard_size=2, base=input_base(moved))
+    assert plan_bytes(again) == plan_bytes(plan)
+    # a list file: paths relative to its folder; absolute entries stay as the user wrote them
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"in/b.jpg\n{tree / 'a b.JPG'}\n/elsewhere/x.jpg\n")
+    rows = make_plan(list_inputs(lst), shard_size=2, base=input_base(lst)).to_pylist()
+    assert {r["source_uri"]: r["path"] for r in rows} == {
+        "in/b.jpg": "in/b.jpg",
+        str(tree / "a b.JPG"): "in/a b.JPG",
+        "/elsewhere/x.jpg": "/elsewhere/x.jpg",
+    }
+
+
+def test_package_uris_resolve():
+    pytest.importorskip("skimage")
+    from pipelines.plan import package_uri
+
+    path = resolve_path("pkg://skimage/data/astronaut.png", None)
+    assert os.path.isfile(path)
+    assert package_uri(path, "skimage") == "pkg://skimage/data/astronaut.png"
