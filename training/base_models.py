@@ -6,9 +6,14 @@ with a fixed seed, so every process (and later the generator) rebuilds the same 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
+import shutil
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +21,8 @@ import torch
 
 from fgid_builder.schema import REGION_NAMES, ModelFileError
 from training.config import ModelConfig, TinyModelConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -203,13 +210,215 @@ def load_pretrained_models(model: ModelConfig) -> BaseModels:
     )
 
 
-def load_base_models(model: ModelConfig) -> BaseModels:
-    """Frozen base models with the facial marker added to the tokenizer."""
-    base = (
-        build_tiny_models(model.tiny, model.resolution)
-        if model.tiny is not None
-        else load_pretrained_models(model)
+# --- the tiny base, pre-trained like SD1.5 was: a generic denoiser trained on other data --------
+
+# Non-face images shipped inside scikit-image (astronaut and camera show people: left out).
+PRETRAIN_IMAGES = (
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "retina.jpg",
+    "motorcycle_left.png",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "moon.png",
+    "coins.png",
+)
+# Bump when the pre-training code below changes: it is part of the cache key.
+PRETRAIN_RECIPE = 1
+# Environment that changes CPU float results bit-wise (DVC pins them): part of the cache key.
+_NUMERICS_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def pretrain_image_paths() -> list[Path]:
+    import skimage
+
+    folder = Path(skimage.__file__).parent / "data"
+    paths = [folder / name for name in PRETRAIN_IMAGES]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ModelFileError(f"pre-training images of the tiny base missing: {missing}")
+    return paths
+
+
+def tiny_base_key(tiny: TinyModelConfig, resolution: int) -> dict[str, Any]:
+    """Everything the pre-trained tiny base's bytes depend on."""
+    import diffusers
+    import numpy
+    import PIL
+    import transformers
+
+    recipe = {k: v for k, v in asdict(tiny).items() if k != "pretrain_cache"}
+    return {
+        "recipe_version": PRETRAIN_RECIPE,
+        "tiny": recipe,
+        "resolution": resolution,
+        "images": {
+            p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in pretrain_image_paths()
+        },
+        "versions": {
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+            "numpy": numpy.__version__,
+            "pillow": PIL.__version__,
+        },
+        "numerics": {
+            "threads": torch.get_num_threads(),
+            "mkldnn": bool(torch.backends.mkldnn.enabled),
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+            **{k: os.environ.get(k) for k in _NUMERICS_ENV},
+        },
+    }
+
+
+def tiny_base_folder(tiny: TinyModelConfig, resolution: int) -> tuple[Path, dict[str, Any]]:
+    key = tiny_base_key(tiny, resolution)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    root = tiny.pretrain_cache or os.environ.get("FGID_CACHE") or Path.home() / ".cache" / "fgid"
+    return Path(root).expanduser() / f"tiny-base-{digest}", key
+
+
+def pretrain_crops(count: int, resolution: int, seed: int) -> torch.Tensor:
+    """`count` seeded random-resized crops (25-100% of the short side), flipped half the time."""
+    import numpy as np
+    from PIL import Image
+
+    images = []
+    for path in pretrain_image_paths():
+        with Image.open(path) as im:
+            images.append(im.convert("RGB"))
+    rng = np.random.default_rng(seed)
+    out = torch.empty(count, 3, resolution, resolution)
+    for i in range(count):
+        im = images[int(rng.integers(len(images)))]
+        w, h = im.size
+        side = int(min(w, h) * rng.uniform(0.25, 1.0))
+        x, y = int(rng.integers(w - side + 1)), int(rng.integers(h - side + 1))
+        crop = im.crop((x, y, x + side, y + side)).resize((resolution, resolution), Image.BICUBIC)
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        arr = np.asarray(crop, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
+        out[i] = torch.from_numpy(arr.copy())
+    return out
+
+
+def pretrain_tiny_unet(base: BaseModels, tiny: TinyModelConfig, resolution: int) -> list[float]:
+    """Train the tiny UNet as an unconditional epsilon-denoiser on the generic crops (seeded).
+
+    Returns the per-step losses. Only the UNet changes; VAE and text encoder stay as built.
+    """
+    import torch.nn.functional as F
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    g = torch.Generator().manual_seed(tiny.seed + 1)
+    unet, vae, scheduler = base.unet, base.vae, base.noise_scheduler
+    with torch.no_grad():
+        pixels = pretrain_crops(tiny.pretrain_crops, resolution, tiny.seed)
+        latents = (
+            torch.cat([vae.encode(chunk).latent_dist.mean for chunk in pixels.split(64)])
+            * vae.config.scaling_factor
+        )
+        ids = base.tokenizer(
+            "",
+            padding="max_length",
+            max_length=base.tokenizer.model_max_length,
+            return_tensors="pt",
+        ).input_ids
+        context = base.text_encoder(ids)[0]
+    unet.requires_grad_(True)
+    unet.train()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=tiny.pretrain_lr, weight_decay=1e-2)
+    lr_schedule = get_cosine_schedule_with_warmup(
+        optimizer,
+        num_warmup_steps=min(100, tiny.pretrain_steps // 10),
+        num_training_steps=tiny.pretrain_steps,
     )
+    bsz = tiny.pretrain_batch_size
+    losses = []
+    for _ in range(tiny.pretrain_steps):
+        idx = torch.randint(0, latents.shape[0], (bsz,), generator=g)
+        x0 = latents[idx]
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (bsz,), generator=g)
+        pred = unet(scheduler.add_noise(x0, noise, t), t, context.expand(bsz, -1, -1)).sample
+        loss = F.mse_loss(pred, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        lr_schedule.step()
+        losses.append(float(loss.detach()))
+    unet.requires_grad_(False)
+    unet.eval()
+    return losses
+
+
+def ensure_tiny_base(tiny: TinyModelConfig, resolution: int) -> Path:
+    """The pre-trained tiny base folder (SD1.5 layout + image_encoder/), built once, cached."""
+    folder, key = tiny_base_folder(tiny, resolution)
+    if (folder / "fgid_tiny_base.json").is_file():
+        return folder
+    log.info("pre-training the tiny base UNet (%d steps) into %s", tiny.pretrain_steps, folder)
+    t0 = time.perf_counter()
+    base = build_tiny_models(tiny, resolution)
+    losses = pretrain_tiny_unet(base, tiny, resolution)
+    seconds = time.perf_counter() - t0
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "image_encoder"):
+            module = getattr(base, "noise_scheduler" if name == "scheduler" else name)
+            module.save_pretrained(tmp / name)
+        n = max(1, len(losses) // 10)
+        meta = {
+            "key": key,
+            "seconds": round(seconds, 1),
+            "loss_first": sum(losses[:n]) / n,
+            "loss_last": sum(losses[-n:]) / n,
+        }
+        (tmp / "fgid_tiny_base.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like a model hub's
+        try:
+            os.rename(tmp, folder)  # atomic; another process may have won the race
+        except OSError:
+            if not (folder / "fgid_tiny_base.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info(
+        "tiny base pre-trained in %.1f s (loss %.3f -> %.3f)",
+        seconds,
+        meta["loss_first"],
+        meta["loss_last"],
+    )
+    return folder
+
+
+def load_base_models(model: ModelConfig) -> BaseModels:
+    """Frozen base models with the facial marker added to the tokenizer.
+
+    The global torch RNG is left untouched (the adapter's initialisation that follows must not
+    depend on whether the tiny base came from the cache or was just pre-trained).
+    """
+    with torch.random.fork_rng(devices=[]):
+        if model.tiny is None:
+            base = load_pretrained_models(model)
+        elif model.tiny.pretrain_steps > 0:
+            folder = ensure_tiny_base(model.tiny, model.resolution)
+            base = load_pretrained_models(
+                replace(
+                    model,
+                    tiny=None,
+                    pretrained_model=str(folder),
+                    image_encoder=str(folder / "image_encoder"),
+                )
+            )
+        else:
+            base = build_tiny_models(model.tiny, model.resolution)
     base.tokenizer.add_tokens([model.facial_token], special_tokens=True)
     for module in (base.unet, base.vae, base.text_encoder, base.image_encoder):
         module.requires_grad_(False)

@@ -26,6 +26,16 @@ class TinyModelConfig:
     seed: int = 0
     cross_attention_dim: int = 32
     clip_image_size: int = 32
+    # Like SD1.5, the frozen base UNet is first trained as a generic denoiser on OTHER data (the
+    # non-face photos/textures shipped with scikit-image, unconditional prompt), seeded; 0 = keep
+    # the random UNet. The result is cached (diffusers/transformers folders, safetensors) under
+    # `pretrain_cache` (null = $FGID_CACHE or ~/.cache/fgid) in `tiny-base-<hash of config,
+    # recipe, library versions and CPU numerics>/`, and loaded like SD1.5 from a local folder.
+    pretrain_steps: int = 0
+    pretrain_batch_size: int = 32
+    pretrain_lr: float = 1.0e-3
+    pretrain_crops: int = 512
+    pretrain_cache: str | None = None
 
 
 @dataclass
