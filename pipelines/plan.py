@@ -249,7 +249,6 @@ def make_plan(
         )
     rows: list[dict[str, Any]] = []
     first_by_sha: dict[str, str] = {}
-    n_unique = 0
     for order, item in enumerate(listed):
         row: dict[str, Any] = {
             "order": order,
@@ -275,10 +274,21 @@ def make_plan(
             )
         else:
             first_by_sha[sha] = item.uri
-            row.update(status=PLANNED, shard=shard_name(n_unique // shard_size))
-            n_unique += 1
+            row.update(status=PLANNED)
         rows.append(row)
+    shard_of = assign_shards((r["order"] for r in rows if r["status"] == PLANNED), shard_size)
+    for r in rows:
+        if r["status"] == PLANNED:
+            r["shard"] = shard_of[r["order"]]
     return pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)
+
+
+def assign_shards(orders: Iterable[int], shard_size: int) -> dict[int, str]:
+    """The shard rule, shared by the plan and `fgid stage shard`: the unique images, in input
+    order, cut every `shard_size`. `orders`: the input positions of the images kept."""
+    if shard_size < 1:
+        raise ValueError("shard_size must be >= 1")
+    return {o: shard_name(i // shard_size) for i, o in enumerate(sorted(set(orders)))}
 
 
 def plan_bytes(plan: pa.Table) -> bytes:

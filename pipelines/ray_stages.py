@@ -168,12 +168,18 @@ class DetectStage:
         self.model = self.backend.model_info().to_json()
 
     def _decode(self, row: dict[str, Any]):
+        """The row's `data` (input bytes carried in the row, as `fgid stage` does) when present,
+        else the file at `path`; checked against the planned hash either way."""
         from fgid_builder.io import decode_image, read_input
         from fgid_builder.schema import sha256_bytes
 
-        data = read_input(row["path"])
-        if sha256_bytes(data) != row["source_sha256"]:
-            raise ImageRejected(Reason.ERROR, "the file changed since it was planned")
+        data = row.get("data")
+        if data is None:
+            data = read_input(row["path"])
+            if sha256_bytes(data) != row["source_sha256"]:
+                raise ImageRejected(Reason.ERROR, "the file changed since it was planned")
+        elif sha256_bytes(data) != row["source_sha256"]:
+            raise ImageRejected(Reason.ERROR, "the input bytes do not match their hash")
         return decode_image(data)
 
     def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

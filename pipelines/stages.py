@@ -26,7 +26,7 @@ import os
 import shutil
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -450,23 +450,6 @@ def _settings(cfg: StageConfig, stage: str):
     )
 
 
-def _make_detect_stage(settings: Any) -> Any:
-    """The build's DetectStage, reading the input bytes from the ingest file instead of disk."""
-    from pipelines.ray_stages import DetectStage
-
-    class ParquetDetectStage(DetectStage):
-        def _decode(self, row: dict[str, Any]):
-            from fgid_builder.io import decode_image
-            from fgid_builder.schema import sha256_bytes
-
-            data = row["data"]
-            if sha256_bytes(data) != row["source_sha256"]:
-                raise ImageRejected(Reason.ERROR, "the input bytes do not match their hash")
-            return decode_image(data)
-
-    return ParquetDetectStage(settings)
-
-
 def _ingest_reject_row(row: dict[str, Any]) -> dict[str, Any]:
     """An input rejected while ingesting, as the one row its image has from here on."""
     from pipelines.plan import PLAN_SCHEMA, plan_reject_rows
@@ -524,7 +507,8 @@ def run_face_stage(cfg: StageConfig) -> StageStats:
 
     settings = _settings(cfg, cfg.stage)
     detect = cfg.stage == "detect"
-    stage = _make_detect_stage(settings) if detect else STAGE_CLASSES[cfg.stage](settings)
+    # detect: the build's DetectStage, which decodes the rows' `data` (the ingest file's bytes)
+    stage = STAGE_CLASSES[cfg.stage](settings)
     stats = StageStats(stage=cfg.stage)
     reasons: Counter[str] = Counter()
     images: set[int] = set()
@@ -567,13 +551,6 @@ def run_face_stage(cfg: StageConfig) -> StageStats:
 # --------------------------------------------------------------------------- shard
 
 
-def _shard_of_images(orders: Iterable[int], shard_size: int) -> dict[int, str]:
-    """The build plan's rule: the unique images, in input order, cut every `shard_size`."""
-    from fgid_builder.shards import shard_name
-
-    return {o: shard_name(i // shard_size) for i, o in enumerate(sorted(set(orders)))}
-
-
 def _clear_dataset_out(out: Path) -> None:
     """A shard stage rewrites its OUT: stale shards of an earlier, larger run must not remain."""
     from pipelines.build import INDEX, PARTS, SHARDS
@@ -591,6 +568,7 @@ def run_shard(cfg: StageConfig) -> StageStats:
 
     from fgid_builder.index import read_index, rows_table, write_index
     from pipelines.build import INDEX, PARTS, commit_shard
+    from pipelines.plan import assign_shards
     from pipelines.ray_stages import EncodeStage, StageSettings
 
     out = Path(cfg.out)
@@ -598,7 +576,7 @@ def run_shard(cfg: StageConfig) -> StageStats:
     encode = EncodeStage(StageSettings(backends={}))
     # First pass over the light columns: which images are planned, so shards can be cut.
     planned = pq.read_table(cfg.input, columns=["order", "planned"]).to_pylist()
-    shard_of = _shard_of_images((r["order"] for r in planned if r["planned"]), cfg.shard_size)
+    shard_of = assign_shards((r["order"] for r in planned if r["planned"]), cfg.shard_size)
     sizes = Counter(shard_of.values())
     stats = StageStats(stage="shard", images=len(shard_of))
     loose_rows: list[dict[str, Any]] = []  # rejected while ingesting: in no shard

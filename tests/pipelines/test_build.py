@@ -457,3 +457,27 @@ def test_same_photos_elsewhere_give_the_same_bytes(ray_local, tmp_path):
     assert settings["input"] == "folder" and "models_dir" not in settings
     run = json.loads((outs[1] / "logs" / "run.json").read_text())
     assert run["input"] == str(tmp_path / "b" / "photos")
+
+
+def test_detect_stage_prefers_the_row_bytes(tmp_path):
+    """DetectStage decodes `data` when a row carries it (the staged path), else reads `path`;
+    either way against the planned hash."""
+    import io
+
+    from fgid_builder.schema import sha256_bytes
+    from pipelines.ray_stages import DetectStage, StageSettings, backend_targets
+    from tests.pipelines.inputs import _photos
+
+    buf = io.BytesIO()
+    _photos()["astronaut.png"].save(buf, format="PNG")
+    data = buf.getvalue()
+    stage = DetectStage(StageSettings(backends=backend_targets({"detect": "dlib"})))
+    row = {"order": 0, "shard": "000000", "source_uri": "a.png", "path": str(tmp_path / "none"),
+           "source_sha256": sha256_bytes(data), "source_bytes": len(data)}  # fmt: skip
+    from_bytes = stage.process([dict(row, data=data)])
+    assert from_bytes[0]["status"] == "ok"
+    (tmp_path / "a.png").write_bytes(data)
+    from_file = stage.process([dict(row, path=str(tmp_path / "a.png"))])
+    assert [r["sample"].key for r in from_file] == [r["sample"].key for r in from_bytes]
+    bad = stage.process([dict(row, data=data + b"x")])
+    assert bad[0]["status"] == "rejected" and "do not match their hash" in bad[0]["index_row"]

@@ -117,3 +117,15 @@ def test_package_uris_resolve():
     path = resolve_path("pkg://skimage/data/astronaut.png", None)
     assert os.path.isfile(path)
     assert package_uri(path, "skimage") == "pkg://skimage/data/astronaut.png"
+
+
+def test_assign_shards_is_the_plan_rule(tree):
+    from pipelines.plan import assign_shards
+
+    plan = make_plan(list_inputs(tree), shard_size=3)
+    images = planned_images(plan)
+    got = assign_shards([r["order"] for r in reversed(images)], 3)
+    assert got == {r["order"]: r["shard"] for r in images}
+    assert sorted(set(got.values())) == ["000000", "000001"]
+    with pytest.raises(ValueError):
+        assign_shards([1], 0)
