@@ -93,7 +93,9 @@ def test_fgid_build_with_production_backends(models_dir: Path, shipped_photos, t
     args = [
         str(inp), str(out), "--detector", "insightface", "--parser", "bisenet",
         "--embedder", "arcface", "--models-dir", str(models_dir), "--workers", "1",
-        "--no-progress",
+        "--no-progress", "--no-report",
+        # a production backend configured from the CLI: the options reach the Ray actors
+        "--detector-option", "pack=antelopev2", "--detector-option", "det_thresh=0.5",
     ]  # fmt: skip
     res = CliRunner().invoke(build_command, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output
@@ -110,9 +112,14 @@ def test_fgid_build_with_production_backends(models_dir: Path, shipped_photos, t
     for m in members.values():
         s = decode_sample(m)
         assert s.models["parse"]["name"] == "facexlib-bisenet"
+        assert s.models["detect"]["name"] == "insightface-scrfd/antelopev2"
         assert s.models["embed"]["weights_sha256"]
         n += 1
     assert n >= 1
+    import json
+
+    settings = json.loads((out / "build.json").read_text())
+    assert settings["backend_options"]["detect"] == {"pack": "antelopev2", "det_thresh": 0.5}
 
 
 @pytest.mark.integration
