@@ -508,7 +508,12 @@ def run_face_stage(cfg: StageConfig) -> StageStats:
     settings = _settings(cfg, cfg.stage)
     detect = cfg.stage == "detect"
     # detect: the build's DetectStage, which decodes the rows' `data` (the ingest file's bytes)
-    stage = STAGE_CLASSES[cfg.stage](settings)
+    try:
+        stage = STAGE_CLASSES[cfg.stage](settings)
+    except (TypeError, ValueError) as e:
+        if not cfg.options:
+            raise
+        raise click.UsageError(f"{cfg.stage} backend options {cfg.options}: {e}") from None
     stats = StageStats(stage=cfg.stage)
     reasons: Counter[str] = Counter()
     images: set[int] = set()

@@ -161,3 +161,12 @@ def test_export_of_staged_dataset_reads_like_official_train(
         assert tuple(it["id"].shape) == (1, 128)
         assert it["captions"][0] and "eyes" in it["captions"][1]
         assert (dest / "origin_IMG" / it["item"]["origin_IMG"]).is_file()
+
+
+def test_backend_option_errors_are_usage_errors(staged: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main,
+        ["stage", "detect", str(staged / "ingest.parquet"), str(tmp_path / "d.parquet"),
+         "--detector-option", "upsample=9"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "upsample" in result.output
