@@ -80,7 +80,7 @@ def test_pretrained_tiny_base_is_deterministic_cached_and_loaded_like_sd15(tmp_p
     assert meta["key"]["tiny"]["pretrain_steps"] == 4
 
 
-def test_tiny_yaml_pretrains_its_base() -> None:
-    cfg = load_config(REPO / "training" / "configs" / "tiny.yaml")
+def test_tiny_pretrained_yaml_pretrains_its_base() -> None:
+    cfg = load_config(REPO / "training" / "configs" / "tiny_pretrained.yaml")
     assert cfg.model.tiny is not None and cfg.model.tiny.pretrain_steps > 0
     assert cfg.model.tiny.pretrain_cache is None  # the shared per-user cache
