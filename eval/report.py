@@ -302,14 +302,23 @@ def _card(meta: dict[str, Any]) -> str:
     )
 
 
-def _reject_thumb(row: dict[str, Any], img_dir: Path, name: str) -> str | None:
+def _input_base(out: Path) -> str | None:
+    """Where the build read its inputs (`OUT/logs/run.json`): uris are relative to it."""
+    try:
+        return json.loads((out / "logs" / "run.json").read_text()).get("input_base")
+    except (OSError, ValueError):
+        return None
+
+
+def _reject_thumb(row: dict[str, Any], img_dir: Path, name: str, base: str | None) -> str | None:
     """A thumbnail of a rejected input (box drawn for a face reject), if it can be read."""
     from fgid_builder.io import decode_image
     from fgid_builder.schema import ImageRejected
+    from pipelines.plan import resolve_path
 
     uri = row.get("source_uri") or ""
     try:
-        data = Path(uri).read_bytes()
+        data = Path(resolve_path(uri, base)).read_bytes()
         rgb = decode_image(data).rgb
     except (OSError, ValueError, ImageRejected):
         return None
@@ -468,6 +477,7 @@ def _plots_section(report: Path, rows: list[dict[str, Any]], got: _Collected) ->
 def _rejects_section(rows: list[dict[str, Any]], img_dir: Path, cfg: ReportConfig) -> str:
     from eval import plots
 
+    base = _input_base(img_dir.parent.parent)
     rejected = [r for r in rows if r["status"] != "ok"]
     by_reason: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rejected:
@@ -486,7 +496,7 @@ def _rejects_section(rows: list[dict[str, Any]], img_dir: Path, cfg: ReportConfi
         parts.append(f'<h3>{_e(reason)} ({len(items)})</h3><div class="rejects">')
         for n, r in enumerate(items[: cfg.reject_examples]):
             face = "" if r.get("face_index") is None else f"_f{r['face_index']}"
-            thumb = _reject_thumb(r, img_dir, f"reject_{reason}_{n}{face}.jpg")
+            thumb = _reject_thumb(r, img_dir, f"reject_{reason}_{n}{face}.jpg", base)
             img = (
                 f'<img src="{thumb}" alt="{_e(reason)} example">'
                 if thumb
