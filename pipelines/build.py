@@ -50,6 +50,13 @@ from fgid_builder.stage_resources import (
     click_options,
     resources_from_click_kwargs,
 )
+from pipelines.options import (
+    backend_option,
+    max_faces_option,
+    min_face_option,
+    models_dir_option,
+    shard_size_option,
+)
 
 log = logging.getLogger("fgid.build")
 
@@ -701,61 +708,19 @@ def _parse_stage_values(opt: str, values: Sequence[str], cast) -> dict[str, Any]
     default=None,
     help="Join this existing Ray cluster (e.g. 127.0.0.1:6379) instead of a local one.",
 )
-@click.option(
-    "--shard-size",
-    type=int,
-    default=1000,
-    show_default=True,
-    help="Unique input images per shard (a shard holds all faces of its images).",
-)
+@shard_size_option
 @click.option(
     "--strict",
     is_flag=True,
     help="Exit with 1 if any input or face was rejected, or the QA report failed.",
 )
-@click.option(
-    "--detector",
-    default=DEFAULTS["detect"],
-    show_default=True,
-    help=f"Detection backend: {', '.join(available('detect'))}.",
-)
-@click.option(
-    "--parser",
-    default=DEFAULTS["parse"],
-    show_default=True,
-    help=f"Face-parsing backend: {', '.join(available('parse'))}.",
-)
-@click.option(
-    "--embedder",
-    default=DEFAULTS["embed"],
-    show_default=True,
-    help=f"Identity-embedding backend: {', '.join(available('embed'))}.",
-)
-@click.option(
-    "--captioner",
-    default=DEFAULTS["caption"],
-    show_default=True,
-    help=f"Caption backend: {', '.join(available('caption'))}.",
-)
-@click.option(
-    "--models-dir",
-    default=None,
-    help="Folder of model weights (default: $FGID_MODELS_DIR). Nothing is downloaded.",
-)
-@click.option(
-    "--min-face",
-    type=int,
-    default=DEFAULT_MIN_FACE,
-    show_default=True,
-    help="Reject faces whose detector box is shorter than this many pixels.",
-)
-@click.option(
-    "--max-faces",
-    type=int,
-    default=DEFAULT_MAX_FACES,
-    show_default=True,
-    help="Keep the N largest faces of a photo (the rest: too_many_faces); 0 = all.",
-)
+@backend_option("detect")
+@backend_option("parse")
+@backend_option("embed")
+@backend_option("caption")
+@models_dir_option
+@min_face_option
+@max_faces_option
 @click.option(
     "--demo",
     is_flag=True,

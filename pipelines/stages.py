@@ -39,6 +39,13 @@ import pyarrow.parquet as pq
 from fgid_builder.faces import DEFAULT_MAX_FACES, DEFAULT_MIN_FACE
 from fgid_builder.registry import DEFAULTS, available
 from fgid_builder.schema import ImageRejected, ModelFileError, Reason
+from pipelines.options import (
+    backend_option,
+    max_faces_option,
+    min_face_option,
+    models_dir_option,
+    shard_size_option,
+)
 
 log = logging.getLogger("fgid.stage")
 
@@ -726,14 +733,6 @@ def _backend_settings(stage: str, options: dict[str, Any]) -> None:
         options["batch_size"] = res[stage].batch_size
 
 
-def _opt_models_dir(f):
-    return click.option(
-        "--models-dir",
-        default=None,
-        help="Folder of model weights (default: $FGID_MODELS_DIR). Nothing is downloaded.",
-    )(f)
-
-
 def _invoke(stage: str, input: str, out: str, **options: Any) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if stage in FACE_STAGES:
@@ -776,27 +775,10 @@ def ingest_command(input: str, out: str, **options: Any) -> None:
 @stage_command.command("detect", context_settings=_CTX)
 @click.argument("input", type=click.Path(exists=True, dir_okay=False))
 @click.argument("out", type=click.Path(dir_okay=False))
-@click.option(
-    "--detector",
-    default=DEFAULTS["detect"],
-    show_default=True,
-    help=f"Detection backend: {', '.join(available('detect'))}.",
-)
-@click.option(
-    "--min-face",
-    type=int,
-    default=DEFAULT_MIN_FACE,
-    show_default=True,
-    help="Reject faces whose detector box is shorter than this many pixels.",
-)
-@click.option(
-    "--max-faces",
-    type=int,
-    default=DEFAULT_MAX_FACES,
-    show_default=True,
-    help="Keep the N largest faces of a photo (the rest: too_many_faces); 0 = all.",
-)
-@_opt_models_dir
+@backend_option("detect")
+@min_face_option
+@max_faces_option
+@models_dir_option
 @_opt_backend("detect")
 @_opt_batch
 @_opt_stats
@@ -806,17 +788,12 @@ def detect_command(input: str, out: str, **options: Any) -> None:
     _invoke("detect", input, out, **options)
 
 
-def _face_stage_command(stage: str, option: str, what: str, doc: str):
+def _face_stage_command(stage: str, doc: str):
     @stage_command.command(stage, context_settings=_CTX, help=doc)
     @click.argument("input", type=click.Path(exists=True, dir_okay=False))
     @click.argument("out", type=click.Path(dir_okay=False))
-    @click.option(
-        f"--{option}",
-        default=DEFAULTS[stage],
-        show_default=True,
-        help=f"{what} backend: {', '.join(available(stage))}.",
-    )
-    @_opt_models_dir
+    @backend_option(stage)
+    @models_dir_option
     @_opt_backend(stage)
     @_opt_batch
     @_opt_stats
@@ -827,27 +804,17 @@ def _face_stage_command(stage: str, option: str, what: str, doc: str):
     return command
 
 
-parse_command = _face_stage_command(
-    "parse", "parser", "Face-parsing", "Face-parsing masks: the detect file INPUT -> OUT."
-)
-embed_command = _face_stage_command(
-    "embed", "embedder", "Identity-embedding", "Identity embeddings: the parse file INPUT -> OUT."
-)
+parse_command = _face_stage_command("parse", "Face-parsing masks: the detect file INPUT -> OUT.")
+embed_command = _face_stage_command("embed", "Identity embeddings: the parse file INPUT -> OUT.")
 caption_command = _face_stage_command(
-    "caption", "captioner", "Caption", "Global, facial and region captions: embed file -> OUT."
+    "caption", "Global, facial and region captions: embed file -> OUT."
 )
 
 
 @stage_command.command("shard", context_settings=_CTX)
 @click.argument("input", type=click.Path(exists=True, dir_okay=False))
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option(
-    "--shard-size",
-    type=int,
-    default=1000,
-    show_default=True,
-    help="Unique input images per shard (a shard holds all faces of its images).",
-)
+@shard_size_option
 @_opt_batch
 @_opt_stats
 @_opt_progress
