@@ -12,6 +12,7 @@ faces.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,13 @@ def predictor_path(explicit: str | None = None) -> Path:
     )
 
 
+@lru_cache(maxsize=4)
+def _shape_predictor(path: str) -> Any:
+    """One predictor (~100 MB) per file and process, shared by every backend that reads
+    landmarks (detect, parse, embed, caption all run in one fused worker)."""
+    return _dlib().shape_predictor(path)
+
+
 class DlibLandmarker:
     """The 68-point shape predictor alone, for faces whose box is known (portrait fallback).
 
@@ -70,8 +78,7 @@ class DlibLandmarker:
 
     def _predictor(self):
         if self._m_predictor is None:
-            dlib = _dlib()
-            self._m_predictor = dlib.shape_predictor(str(predictor_path(self.predictor_path)))
+            self._m_predictor = _shape_predictor(str(predictor_path(self.predictor_path).resolve()))
         return self._m_predictor
 
     def predict(self, image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
