@@ -191,6 +191,16 @@ def batch_is_dynamic(shape: tuple[Any, ...]) -> bool:
     return not (isinstance(shape[0], int) and shape[0] == 1)
 
 
+def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Boxes (N, 4) clipped to the photo, as the dlib backend records them: a face cut by the
+    border keeps its visible part, so `min_face` and `area_ratio` measure what is in the photo.
+    The 5 points are left as predicted (alignment fills outside pixels by edge replication)."""
+    out = np.asarray(boxes, dtype=np.float32).copy()
+    out[:, 0::2] = np.clip(out[:, 0::2], 0.0, float(width))
+    out[:, 1::2] = np.clip(out[:, 1::2], 0.0, float(height))
+    return out
+
+
 def _nms(dets: np.ndarray, thresh: float) -> list[int]:
     x1, y1, x2, y2, scores = dets[:, 0], dets[:, 1], dets[:, 2], dets[:, 3], dets[:, 4]
     areas = (x2 - x1 + 1) * (y2 - y1 + 1)
@@ -394,11 +404,12 @@ class InsightFaceDetector(Backend):
         results: list[list[DetectedFace]] = []
         for img, (_, scale), outs in zip(images, letterboxed, raw, strict=True):
             det, kps = self._decode(outs, scale)
-            dense = (
+            dense = (  # cropped from the predicted box, as insightface does, before clipping
                 self._landmarks_106(img, det)
                 if self._m_lmk is not None and len(det)
                 else [None] * len(det)
             )
+            det[:, :4] = clip_boxes(det[:, :4], img.shape[1], img.shape[0])
             results.append(
                 [
                     DetectedFace(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fgid_builder.detect.insightface_scrfd import clip_boxes
 from fgid_builder.models import file_sha256, model_path
 from fgid_builder.parse.bisenet import FACEXLIB_SUBDIR, load_weights_into, torch_device
 from fgid_builder.registry import Backend
@@ -141,7 +142,8 @@ class RetinaFaceDetector(Backend):
             import torchvision
 
             order = torchvision.ops.nms(boxes.float(), s.float(), self.nms_threshold)
-            boxes_np = boxes[order].float().cpu().numpy()
+            h, w = images[i].shape[:2]
+            boxes_np = clip_boxes(boxes[order].float().cpu().numpy(), w, h)
             pts_np = pts[order].float().cpu().numpy().reshape(-1, 5, 2)
             s_np = s[order].float().cpu().numpy()
             results.append(
