@@ -72,3 +72,75 @@ def one_line(exc: BaseException) -> str:
     msg = str(exc)
     assert "\n" not in msg, msg
     return msg
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray for a module's `fgid build` runs (the build joins it instead of starting
+    its own, which saves ~6 s a run)."""
+    ray = pytest.importorskip("ray")
+    import logging
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             logging_level=logging.WARNING, log_to_driver=False)  # fmt: skip
+    yield ray
+    ray.shutdown()
+
+
+def check_built_dataset(out: Path, models: dict[str, str]) -> list[dict]:
+    """The schema checks the embedded-default build tests make (tests/pipelines/test_build.py:
+    test_shards_committed_and_consistent, test_plain_webdataset_gives_every_field), plus the
+    per-sample decode of `test_mix._check_members`, on a finished `fgid build` OUT folder.
+
+    `models`: stage -> the prefix its recorded model name must have. Returns the index rows.
+    """
+    import json
+
+    import webdataset as wds
+
+    from fgid_builder.encode import decode_sample
+    from fgid_builder.index import read_index
+    from fgid_builder.schema import NUM_LABELS, REGION_NAMES, SCHEMA_VERSION, is_valid_key
+    from fgid_builder.shards import iter_shard, shard_paths
+
+    rows = read_index(out / "index.parquet").to_pylist()
+    ok_keys = [r["key"] for r in rows if r["status"] == "ok"]
+    assert ok_keys and len(ok_keys) == len(set(ok_keys)), rows
+    assert all(r["reason"] for r in rows if r["status"] != "ok"), "a reject without a reason"
+    tars = shard_paths(out / "shards")
+    stats = sorted((out / "shards").glob("*.json"))
+    assert tars and [p.stem for p in stats] == [p.stem for p in tars]
+    shard_keys = []
+    for p in stats:
+        st = json.loads(p.read_text())
+        shard_keys += st["keys"]
+        assert (out / st["index_part"]["name"]).is_file()
+    assert sorted(shard_keys) == sorted(ok_keys)
+    assert not [p for p in out.rglob(".*") if p.is_file()], "temporary files left"
+
+    n = 0
+    for s in wds.WebDataset([str(p) for p in tars], shardshuffle=False).decode("rgb8"):
+        n += 1
+        assert s["jpg"].shape == (512, 512, 3)
+        assert s["mask.png"].ndim in (2, 3)
+        emb = s["id.npy"]
+        assert emb.dtype == np.float32 and abs(float(np.linalg.norm(emb)) - 1) < 1e-3
+        meta = s["json"]
+        assert meta["key"] == s["__key__"] and meta["schema_version"] == SCHEMA_VERSION
+        assert set(meta["captions"]["regions"]) == set(REGION_NAMES)
+        assert meta["embedding"]["dim"] == emb.shape[0]
+        assert set(meta["models"]) == {"detect", "parse", "embed", "caption"}
+        for stage, prefix in models.items():
+            assert meta["models"][stage]["name"].startswith(prefix), meta["models"][stage]
+    assert n == len(ok_keys)
+
+    for tar in tars:
+        for members in iter_shard(tar):
+            sample = decode_sample(members)
+            assert is_valid_key(sample.key)
+            assert sample.portrait.shape == (512, 512, 3) and sample.mask.shape == (512, 512)
+            assert sample.mask.dtype == np.uint8 and int(sample.mask.max()) < NUM_LABELS
+            for stage in ("detect", "parse", "embed", "caption"):
+                sha = sample.models[stage]["weights_sha256"]
+                assert sha is None or len(sha) == 64, sample.models[stage]
+    return rows

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from fgid_builder.schema import REGION_NAMES, is_valid_key
+from tests.fgid_builder.backends import tiny_models as tm
+from tests.fgid_builder.backends.conftest import check_built_dataset
 
 
 def _check_members(members: dict, stages: dict[str, str]) -> None:
@@ -55,29 +57,81 @@ def test_insightface_bisenet_arcface_with_embedded_captioner(models_dir: Path, s
     assert len(meta["face"]["landmarks"]) == 106
 
 
-def test_retinaface_landmarks_parser_mllm(models_dir: Path, mllm_dir: Path, shipped_photos):
-    from fgid_builder.caption.mllm import MLLMCaptioner
-    from fgid_builder.detect.retinaface import RetinaFaceDetector
-    from fgid_builder.embed.arcface import ArcFaceEmbedder
-    from fgid_builder.parse.landmark_polygons import LandmarkPolygonParser
-    from fgid_builder.process import ImageProcessor
-
-    proc = ImageProcessor(
-        RetinaFaceDetector(network="mobile0.25", models_dir=str(models_dir), max_side=320),
-        LandmarkPolygonParser(),
-        ArcFaceEmbedder(models_dir=str(models_dir)),
-        MLLMCaptioner(model="tiny-llava", models_dir=str(mllm_dir), max_new_tokens=6),
-    )
-    path = shipped_photos[0]
-    result = proc.process(path.read_bytes(), path.name)
-    assert result.members or result.rejects  # random boxes may fail the gates; never raise
-    for m in result.members:
-        _check_members(m, {"detect": "facexlib-retinaface", "caption": "mllm/tiny-llava"})
-        assert json.loads(m["json"])["models"]["caption"]["prompt"]["protocol"] == "fgid-2q"
+@pytest.fixture(scope="module")
+def random_retinaface_dir(models_dir: Path, mllm_dir: Path, tmp_path_factory) -> Path:
+    """A models dir whose RetinaFace is facexlib's real mobilenet0.25 network with torch's
+    default random initialisation (nothing biased), beside the tiny ArcFace pack and LLaVA."""
+    root = tmp_path_factory.mktemp("random_retinaface")
+    tm.retinaface_pth(root, "mobile0.25", seed=0, faces=False)
+    (root / "insightface").symlink_to(models_dir / "insightface", target_is_directory=True)
+    (root / "mllm").symlink_to(mllm_dir / "mllm", target_is_directory=True)
+    return root
 
 
 @pytest.mark.integration
-def test_fgid_build_with_production_backends(models_dir: Path, shipped_photos, tmp_path: Path):
+def test_fgid_build_retinaface_random_weights(
+    random_retinaface_dir: Path, shipped_photos, ray_local, tmp_path: Path
+) -> None:
+    """`fgid build --detector retinaface --parser landmarks --embedder arcface --captioner mllm`
+    on the shipped photos, RetinaFace with plain random weights: its output, whatever it is,
+    becomes samples that pass the embedded default's schema checks.
+
+    Why the two options. Untrained, RetinaFace's two-class softmax gives every anchor a face
+    score near 0.5 (0.45-0.50 on these photos with seed 0), under facexlib's conf_threshold of
+    0.8, so as shipped every photo is one `no_face` row (asserted first, no Ray needed). No
+    threshold can tell faces from background with random weights, so the test sets the
+    backend's documented `conf_threshold=0.3`: every anchor is then a detection, NMS leaves
+    hundreds of anchor-sized boxes, and `--max-faces 1` keeps the largest box (clipped to the
+    photo), recording each of the others as a `too_many_faces` row. The kept face's 5 points
+    are the anchor centre plus random offsets: not a face, but the detector's real output,
+    aligned, parsed, embedded and captioned like any other.
+    """
+    from click.testing import CliRunner
+
+    from fgid_builder.detect.retinaface import RetinaFaceDetector
+    from fgid_builder.io import decode_image
+    from pipelines.build import build_command
+
+    photos = [decode_image(p.read_bytes()).rgb for p in shipped_photos]
+    as_shipped = RetinaFaceDetector(network="mobile0.25", models_dir=str(random_retinaface_dir),
+                                    max_side=320)  # fmt: skip
+    assert as_shipped.detect(photos) == [[] for _ in photos]  # every photo: no_face
+    low = RetinaFaceDetector(network="mobile0.25", models_dir=str(random_retinaface_dir),
+                             max_side=320, conf_threshold=0.3)  # fmt: skip
+    for img, faces in zip(photos, low.detect(photos), strict=True):
+        assert len(faces) > 10 and all(0.3 < f.score < 0.7 for f in faces)
+        for f in faces:  # clipped to the photo
+            x0, y0, x1, y1 = f.bbox
+            assert 0 <= x0 <= x1 <= img.shape[1] and 0 <= y0 <= y1 <= img.shape[0]
+
+    out = tmp_path / "out"
+    args = [
+        "--demo", str(out), "--detector", "retinaface", "--parser", "landmarks",
+        "--embedder", "arcface", "--captioner", "mllm",
+        "--models-dir", str(random_retinaface_dir), "--workers", "1", "--no-progress",
+        "--no-report", "--max-faces", "1",
+        "--detector-option", "network=mobile0.25", "--detector-option", "max_side=320",
+        "--detector-option", "conf_threshold=0.3",
+        "--captioner-option", "model=tiny-llava", "--captioner-option", "max_new_tokens=6",
+    ]  # fmt: skip
+    res = CliRunner().invoke(build_command, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    rows = check_built_dataset(
+        out,
+        {"detect": "facexlib-retinaface/mobile0.25", "parse": "landmark", "embed": "insightface-arcface",
+         "caption": "mllm/tiny-llava"},
+    )  # fmt: skip
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert sorted(r["source_uri"] for r in ok) == sorted({r["source_uri"] for r in rows})
+    assert {r["face_index"] for r in ok} == {0}  # the largest box of each photo
+    others = [r for r in rows if r["status"] != "ok"]
+    assert others and {r["reason"] for r in others} == {"too_many_faces"}
+
+
+@pytest.mark.integration
+def test_fgid_build_with_production_backends(
+    models_dir: Path, shipped_photos, ray_local, tmp_path: Path
+):
     """`fgid build --detector insightface --parser bisenet --embedder arcface --models-dir`."""
     pytest.importorskip("ray")
     from click.testing import CliRunner
