@@ -174,3 +174,69 @@ def test_captioner_option_reaches_the_backend(mllm_dir: Path, shipped_photos, tm
                                    "--captioner-option", "model=not-there"])  # fmt: skip
     assert missing.exit_code == 2, missing.output
     assert str(mllm_dir / "mllm" / "not-there") in missing.output.strip().splitlines()[-1]
+
+
+def _key_paths(obj: object, prefix: str = "") -> set[str]:
+    """Every dict key path of a JSON value (lists of dicts by their items' keys)."""
+    if isinstance(obj, dict):
+        out = set()
+        for k, v in obj.items():
+            out |= {f"{prefix}{k}"} | _key_paths(v, f"{prefix}{k}.")
+        return out
+    if isinstance(obj, list):
+        return set().union(*(_key_paths(v, prefix) for v in obj)) if obj else set()
+    return set()
+
+
+def _fields(meta: dict) -> set[str]:
+    return {p for p in _key_paths(meta) if not p.startswith("models.caption.prompt.")}
+
+
+@pytest.mark.integration
+def test_fgid_build_with_the_mllm_captioner(mllm_dir: Path, ray_local, tmp_path: Path) -> None:
+    """`fgid build --demo OUT --captioner mllm --models-dir DIR --captioner-option
+    model=tiny-llava` end to end through the Ray actors (embedded defaults for the other
+    stages): the dataset passes the default build's schema checks, has the same samples as the
+    embedded default stack on the same photos, with the same JSON fields (each captioner
+    records its own settings), and captions from the model under the FGID protocol."""
+    import json
+
+    from click.testing import CliRunner
+
+    from fgid_builder.demo import demo_photos
+    from fgid_builder.process import ImageProcessor
+    from fgid_builder.shards import iter_shard, shard_paths
+    from pipelines.build import build_command
+    from tests.fgid_builder.backends.conftest import check_built_dataset
+
+    out = tmp_path / "out"
+    args = [
+        "--demo", str(out), "--captioner", "mllm", "--models-dir", str(mllm_dir),
+        "--captioner-option", "model=tiny-llava", "--captioner-option", "max_new_tokens=8",
+        "--workers", "1", "--no-progress", "--no-report",
+    ]  # fmt: skip
+    res = CliRunner().invoke(build_command, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    rows = check_built_dataset(out, {"caption": "mllm/tiny-llava"})
+    settings = json.loads((out / "build.json").read_text())
+    assert settings["backend_options"]["caption"] == {"model": "tiny-llava", "max_new_tokens": 8}
+
+    # the embedded default stack on the same photos, in process: same faces, same fields
+    default = ImageProcessor.default()
+    want: dict[str, dict] = {}
+    for p in demo_photos():
+        for m in default.process(p.read_bytes(), p.name).members:
+            want[m["__key__"]] = json.loads(m["json"])
+    got: dict[str, dict] = {}
+    for tar in shard_paths(out / "shards"):
+        for m in iter_shard(tar):
+            got[m["__key__"]] = json.loads(m["json"])
+    assert sorted(got) == sorted(want) == sorted(r["key"] for r in rows if r["status"] == "ok")
+    for key, meta in got.items():
+        # the same fields; each captioner records its own settings under models.caption.prompt
+        assert _fields(meta) == _fields(want[key])
+        assert meta["face"] == want[key]["face"] and meta["regions"] == want[key]["regions"]
+        prompt = meta["models"]["caption"]["prompt"]
+        assert prompt["protocol"] == "fgid-2q" and prompt["max_new_tokens"] == 8
+        assert prompt["do_sample"] is False and prompt["num_beams"] == 1
+        assert meta["captions"] != want[key]["captions"]  # the model's words, not the describer's
