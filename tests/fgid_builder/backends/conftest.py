@@ -39,6 +39,7 @@ def mllm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mllm_models")
     tm.tiny_llava(root / "mllm" / "tiny-llava")
     tm.tiny_qwen2vl(root / "mllm" / "tiny-qwen2vl")
+    tm.tiny_idefics3(root / "mllm" / "tiny-idefics3")
     return root
 
 

@@ -1,4 +1,5 @@
-"""mllm captioner on tiny LLaVA and Qwen2-VL folders; FGID prompts and the region splitter."""
+"""mllm captioner on tiny LLaVA, Qwen2-VL and Idefics3 (SmolVLM) folders; FGID prompts and the
+region splitter."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from fgid_builder.schema import REGION_NAMES, Captions, ModelFileError
 from tests.fgid_builder.backends.conftest import one_line
 
 
-@pytest.mark.parametrize("model", ["tiny-llava", "tiny-qwen2vl"])
+@pytest.mark.parametrize("model", ["tiny-llava", "tiny-qwen2vl", "tiny-idefics3"])
 def test_captions_batched_equal_one_by_one(mllm_dir: Path, portrait_samples, model: str) -> None:
     samples = portrait_samples[:2]
     batched = MLLMCaptioner(model=model, models_dir=str(mllm_dir), max_new_tokens=8, batch_size=4)

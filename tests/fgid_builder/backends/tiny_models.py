@@ -7,8 +7,8 @@
   pipeline downstream has a face to align.
 - facexlib: the real BiSeNet / RetinaFace modules with random weights, `torch.save`d as the
   `.pth` facexlib loads.
-- transformers: tiny LLaVA and Qwen2-VL models saved with `save_pretrained`, with a byte-level
-  BPE tokenizer trained locally and the real processor classes (no hub access).
+- transformers: tiny LLaVA, Qwen2-VL and Idefics3 (SmolVLM) models saved with `save_pretrained`,
+  with a byte-level BPE tokenizer trained locally and the real processor classes (no hub access).
 """
 
 from __future__ import annotations
@@ -469,6 +469,79 @@ def tiny_qwen2vl(path: Path, *, seed: int = 0) -> Path:
         tokenizer=tok,
         video_processor=Qwen2VLVideoProcessor(),
         chat_template=QWEN2VL_CHAT_TEMPLATE,
+    )
+    path = Path(path)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+IDEFICS3_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}"
+    "{{ message['role'] | capitalize }}:"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>"
+    "{% else %}{{ item['text'] }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def tiny_idefics3(path: Path, *, seed: int = 0, image_size: int = 32, patch: int = 8) -> Path:
+    """A SmolVLM/Idefics3-shaped model (SigLIP-style vision tower, pixel-shuffle connector with
+    scale factor 2, Llama text model) with random weights; images not split into tiles."""
+    import torch
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessor,
+        Idefics3Processor,
+    )
+
+    special = ["<unk>", "<|im_start|>", "<end_of_utterance>", "<pad>", "<image>",
+               "<fake_token_around_image>", "<global-img>"]  # fmt: skip
+    tok = bpe_tokenizer(special, unk_token="<unk>", bos_token="<|im_start|>",
+                        eos_token="<end_of_utterance>", pad_token="<pad>")  # fmt: skip
+    tok.add_special_tokens({"additional_special_tokens": special[4:]})
+    scale = 2
+    config = Idefics3Config(
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": image_size,
+            "patch_size": patch,
+        },
+        text_config={
+            "model_type": "llama",
+            "vocab_size": len(tok),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+            "max_position_embeddings": 1024,
+            "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id,
+        },
+        scale_factor=scale,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = Idefics3ForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    image_processor = Idefics3ImageProcessor(
+        do_image_splitting=False,
+        size={"longest_edge": image_size},
+        max_image_size={"longest_edge": image_size},
+    )
+    processor = Idefics3Processor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        image_seq_len=(image_size // patch) ** 2 // scale**2,
+        chat_template=IDEFICS3_CHAT_TEMPLATE,
     )
     path = Path(path)
     model.save_pretrained(path)
