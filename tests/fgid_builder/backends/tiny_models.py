@@ -311,6 +311,7 @@ def bpe_tokenizer(special: list[str], *, vocab_size: int = 400, **named: str):
         vocab_size=vocab_size,
         special_tokens=special,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(_CORPUS, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, **named)
