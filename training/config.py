@@ -60,6 +60,10 @@ class ModelConfig:
     localization_layers: int = 5
     facial_token: str = "<|facial|>"
     gradient_checkpointing: bool = False
+    # Train the base UNet's own weights along with the adapter (saved in the adapter file under
+    # `unet.`). Off for SD1.5 as ConsistentID (the base stays frozen so the adapter plugs into
+    # other SD1.5 checkpoints); on for the tiny config, whose base is random, hence no denoiser.
+    train_unet: bool = False
 
     def validate(self) -> None:
         if self.tiny is None and (self.pretrained_model is None or self.image_encoder is None):

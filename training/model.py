@@ -375,26 +375,50 @@ class ConsistentIDModel(nn.Module):
 
     # --- the adapter -------------------------------------------------------------------------
     def adapter_modules(self) -> dict[str, nn.Module]:
-        return {
+        modules: dict[str, nn.Module] = {
             "id_net": self.id_net,
             "facial_encoder": self.facial_encoder,
             "processors": self.processors,
         }
+        if self.config.train_unet:
+            modules["unet"] = self.unet
+        return modules
+
+    @staticmethod
+    def _own(prefix: str, key: str) -> bool:
+        # The attention processors are registered inside the UNet too; they belong to
+        # `processors.` only, so the UNet's part holds just its base weights.
+        return prefix != "unet" or ".processor." not in key
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         return {
             f"{prefix}.{k}": v.detach().float().cpu().contiguous()
             for prefix, module in self.adapter_modules().items()
             for k, v in module.state_dict().items()
+            if self._own(prefix, k)
         }
 
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for prefix, module in self.adapter_modules().items():
             sub = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
-            module.load_state_dict(sub, strict=True)
+            if prefix == "unet":
+                own = {k for k in module.state_dict() if self._own(prefix, k)}
+                if set(sub) != own:
+                    missing, extra = sorted(own - set(sub))[:3], sorted(set(sub) - own)[:3]
+                    raise KeyError(f"adapter's UNet weights: missing {missing}, unexpected {extra}")
+                module.load_state_dict(sub, strict=False)
+            else:
+                module.load_state_dict(sub, strict=True)
+        if not self.config.train_unet and any(k.startswith("unet.") for k in state):
+            raise KeyError("the adapter carries trained UNet weights: set model.train_unet: true")
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for m in self.adapter_modules().values() for p in m.parameters()]
+        return [
+            p
+            for prefix, m in self.adapter_modules().items()
+            for k, p in m.named_parameters()
+            if self._own(prefix, k)
+        ]
 
     def save_adapter(self, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
         from dataclasses import asdict
@@ -472,6 +496,8 @@ def build_model(base: Any, config: ModelConfig, id_dim: int) -> ConsistentIDMode
     )
     if config.gradient_checkpointing:
         base.unet.enable_gradient_checkpointing()
+    if config.train_unet:
+        base.unet.requires_grad_(True)
     return model
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from training.config import Config, load_config
+from training.state_io import has_state, load_state, save_state
 
 log = logging.getLogger("training.train")
 
@@ -131,9 +132,8 @@ class Trainer:
 
         self.model, self.optimizer = acc.prepare(model, optimizer)
         if checkpoint is not None and acc.scaler is not None:
-            scaler_file = checkpoint / "scaler.pt"
-            if scaler_file.is_file():
-                acc.scaler.load_state_dict(torch.load(scaler_file, weights_only=True))
+            if has_state(checkpoint, "scaler"):
+                acc.scaler.load_state_dict(load_state(checkpoint, "scaler"))
 
         transform = SampleTransform(
             tokenizer=base.tokenizer,
@@ -181,8 +181,8 @@ class Trainer:
 
         state = json.loads((path / TRAINER_STATE).read_text())
         model.load_adapter(path)
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-        self.lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        optimizer.load_state_dict(load_state(path, "optimizer"))
+        self.lr_scheduler.load_state_dict(load_state(path, "scheduler"))
         rank = self.accelerator.process_index
         rng_file = path / f"rng_{rank}.safetensors"
         if rng_file.is_file():
@@ -345,10 +345,10 @@ class Trainer:
         if acc.is_main_process:
             model = acc.unwrap_model(self.model)
             model.save_adapter(tmp, extra=self._adapter_meta())
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(self.lr_scheduler.state_dict(), tmp / "scheduler.pt")
+            save_state(self.optimizer.state_dict(), tmp, "optimizer")
+            save_state(self.lr_scheduler.state_dict(), tmp, "scheduler")
             if acc.scaler is not None:
-                torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
+                save_state(acc.scaler.state_dict(), tmp, "scaler")
         acc.wait_for_everyone()
         if acc.is_main_process:
             state = {
