@@ -278,26 +278,36 @@ def _pooled(out: Any) -> Any:
     return out if hasattr(out, "detach") else out.pooler_output
 
 
-class ClipEncoder:
-    """CLIPModel + CLIPProcessor from a local folder; unit-norm image/text embeddings."""
+class _LocalImageEncoder:
+    """A transformers model + processor from a local folder, loaded on first use.
+
+    Subclasses name the folder (`kind`), how to load the pair (`_load_pair`) and how a batch of
+    pixel values becomes one row per image (`_embed_pixels`); rows come back unit-norm.
+    """
+
+    kind = "model"
 
     def __init__(self, path: str | os.PathLike, *, device: str = "auto", batch_size: int = 16):
-        self.path = _require_dir(path, "CLIP model folder")
+        self.path = _require_dir(path, f"{self.kind.upper()} model folder")
         self.device = _device(device)
         self.batch_size = batch_size
         self._model: Any = None
         self._processor: Any = None
 
+    def _load_pair(self) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def _embed_pixels(self, pixel_values: Any) -> Any:
+        raise NotImplementedError
+
     def _load(self) -> None:
         if self._model is None:
-            from transformers import CLIPModel, CLIPProcessor
-
-            self._model = CLIPModel.from_pretrained(str(self.path)).to(self.device).eval()
-            self._processor = CLIPProcessor.from_pretrained(str(self.path))
+            model, self._processor = self._load_pair()
+            self._model = model.to(self.device).eval()
 
     def model_info(self) -> ModelInfo:
         return ModelInfo(
-            name=f"clip:{self.path.name}",
+            name=f"{self.kind}:{self.path.name}",
             version="transformers",
             weights_sha256=dir_sha256(self.path),
         )
@@ -310,10 +320,24 @@ class ClipEncoder:
         for batch in _batched(images, self.batch_size):
             px = self._processor(images=_pil(batch), return_tensors="pt")["pixel_values"]
             with torch.inference_mode():
-                rows.append(
-                    _unit(_pooled(self._model.get_image_features(pixel_values=px.to(self.device))))
-                )
+                rows.append(_unit(self._embed_pixels(px.to(self.device))))
         return np.concatenate(rows) if rows else np.zeros((0, 0))
+
+
+class ClipEncoder(_LocalImageEncoder):
+    """CLIPModel + CLIPProcessor from a local folder; unit-norm image/text embeddings."""
+
+    kind = "clip"
+
+    def _load_pair(self) -> tuple[Any, Any]:
+        from transformers import CLIPModel, CLIPProcessor
+
+        return CLIPModel.from_pretrained(str(self.path)), CLIPProcessor.from_pretrained(
+            str(self.path)
+        )
+
+    def _embed_pixels(self, pixel_values: Any) -> Any:
+        return _pooled(self._model.get_image_features(pixel_values=pixel_values))
 
     def texts(self, texts: Sequence[str]) -> np.ndarray:
         import torch
@@ -330,54 +354,28 @@ class ClipEncoder:
                 max_length=max_len,
             )
             with torch.inference_mode():
-                rows.append(
-                    _unit(
-                        _pooled(
-                            self._model.get_text_features(
-                                input_ids=tok["input_ids"].to(self.device),
-                                attention_mask=tok["attention_mask"].to(self.device),
-                            )
-                        )
-                    )
+                out = self._model.get_text_features(
+                    input_ids=tok["input_ids"].to(self.device),
+                    attention_mask=tok["attention_mask"].to(self.device),
                 )
+            rows.append(_unit(_pooled(out)))
         return np.concatenate(rows) if rows else np.zeros((0, 0))
 
 
-class DinoEncoder:
+class DinoEncoder(_LocalImageEncoder):
     """A DINO / DINOv2 ViT (AutoModel + AutoImageProcessor) from a local folder; CLS tokens."""
 
-    def __init__(self, path: str | os.PathLike, *, device: str = "auto", batch_size: int = 16):
-        self.path = _require_dir(path, "DINO model folder")
-        self.device = _device(device)
-        self.batch_size = batch_size
-        self._model: Any = None
-        self._processor: Any = None
+    kind = "dino"
 
-    def _load(self) -> None:
-        if self._model is None:
-            from transformers import AutoImageProcessor, AutoModel
+    def _load_pair(self) -> tuple[Any, Any]:
+        from transformers import AutoImageProcessor, AutoModel
 
-            self._model = AutoModel.from_pretrained(str(self.path)).to(self.device).eval()
-            self._processor = AutoImageProcessor.from_pretrained(str(self.path))
-
-    def model_info(self) -> ModelInfo:
-        return ModelInfo(
-            name=f"dino:{self.path.name}",
-            version="transformers",
-            weights_sha256=dir_sha256(self.path),
+        return AutoModel.from_pretrained(str(self.path)), AutoImageProcessor.from_pretrained(
+            str(self.path)
         )
 
-    def images(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        import torch
-
-        self._load()
-        rows = []
-        for batch in _batched(images, self.batch_size):
-            px = self._processor(images=_pil(batch), return_tensors="pt")["pixel_values"]
-            with torch.inference_mode():
-                out = self._model(pixel_values=px.to(self.device))
-            rows.append(_unit(out.last_hidden_state[:, 0]))
-        return np.concatenate(rows) if rows else np.zeros((0, 0))
+    def _embed_pixels(self, pixel_values: Any) -> Any:
+        return self._model(pixel_values=pixel_values).last_hidden_state[:, 0]
 
 
 # --------------------------------------------------------------------------- config + run
