@@ -139,6 +139,10 @@ class RetinaFaceDetector(Backend):
             boxes = decode(loc[i][keep], priors[keep], cfg["variance"]) * box_scale / scale
             pts = decode_landm(landms[i][keep], priors[keep], cfg["variance"]) * lmk_scale / scale
             s = scores[keep]
+            # exp() of an extreme size offset overflows to inf and the box corners to nan: such
+            # a box is nowhere in the photo (and nan would pass every size gate), so drop it
+            finite = torch.isfinite(boxes).all(1) & torch.isfinite(pts).all(1)
+            boxes, pts, s = boxes[finite], pts[finite], s[finite]
             import torchvision
 
             order = torchvision.ops.nms(boxes.float(), s.float(), self.nms_threshold)
