@@ -62,7 +62,7 @@ def random_retinaface_dir(models_dir: Path, mllm_dir: Path, tmp_path_factory) ->
     """A models dir whose RetinaFace is facexlib's real mobilenet0.25 network with torch's
     default random initialisation (nothing biased), beside the tiny ArcFace pack and LLaVA."""
     root = tmp_path_factory.mktemp("random_retinaface")
-    tm.retinaface_pth(root, "mobile0.25", seed=0, faces=False)
+    tm.retinaface_pth(root, "mobile0.25", seed=0)
     (root / "insightface").symlink_to(models_dir / "insightface", target_is_directory=True)
     (root / "mllm").symlink_to(mllm_dir / "mllm", target_is_directory=True)
     return root

@@ -230,13 +230,11 @@ def bisenet_pth(models_dir: Path, seed: int = 0) -> Path:
     return path
 
 
-def retinaface_pth(
-    models_dir: Path, network: str = "mobile0.25", seed: int = 0, faces: bool = True
-) -> Path:
-    """facexlib's RetinaFace with random weights as `detection_*_Final.pth`.
-
-    With `faces`, the class head is biased so that the largest stride-32 anchors fire and the
-    box head is biased to very large boxes: NMS then keeps one detection per image.
+def retinaface_pth(models_dir: Path, network: str = "mobile0.25", seed: int = 0) -> Path:
+    """facexlib's RetinaFace with its own random initialisation (`torch.manual_seed(seed)`, then
+    the module's constructor), saved as `detection_*_Final.pth`. Nothing is biased: what it
+    detects is whatever the untrained network outputs (mobilenet0.25 scores every anchor just
+    under 0.5; resnet50 saturates and scores many anchors near 1).
     Keys carry the `module.` prefix of the released files (the loader strips it).
     """
     import torch
@@ -246,19 +244,7 @@ def retinaface_pth(
 
     torch.manual_seed(seed)
     net = RetinaFace(network_name=network, device="cpu")
-    state = net.state_dict()
-    if faces:
-        for i in range(3):
-            state[f"ClassHead.{i}.conv1x1.weight"].mul_(0.01)
-            bias = state[f"ClassHead.{i}.conv1x1.bias"]
-            bias.copy_(torch.tensor([4.0, -4.0, 4.0, -4.0]))
-        state["ClassHead.2.conv1x1.bias"].copy_(torch.tensor([4.0, -4.0, -4.0, 4.0]))
-        state["BboxHead.2.conv1x1.weight"].mul_(0.01)
-        state["BboxHead.2.conv1x1.bias"].copy_(torch.tensor([0.0, 0, 12, 12, 0, 0, 12, 12]))
-        state["LandmarkHead.2.conv1x1.weight"].mul_(0.01)
-        kps = torch.from_numpy(_KPS_TEMPLATE.reshape(-1) / 19.2)
-        state["LandmarkHead.2.conv1x1.bias"].copy_(torch.cat([kps, kps]))
-    state = {f"module.{k}": v for k, v in state.items()}
+    state = {f"module.{k}": v for k, v in net.state_dict().items()}
     path = Path(models_dir) / "facexlib" / "weights" / RETINAFACE_FILES[network]
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
