@@ -18,9 +18,15 @@ import numpy as np
 from fgid_builder.schema import PORTRAIT_SIZE
 
 
+class DegenerateLandmarks(ValueError):
+    """Five points that define no alignment (not finite, or eyes and mouth coincide)."""
+
+
 def ffhq_quad(landmarks5: np.ndarray) -> np.ndarray:
     """The oriented crop square in source pixels: (4, 2) corners TL, BL, BR, TR."""
     lm = np.asarray(landmarks5, dtype=np.float64).reshape(5, 2)
+    if not np.isfinite(lm).all():
+        raise DegenerateLandmarks("degenerate landmarks: not finite")
     eye_left, eye_right = lm[0], lm[1]
     eye_avg = (eye_left + eye_right) * 0.5
     eye_to_eye = eye_right - eye_left
@@ -30,7 +36,7 @@ def ffhq_quad(landmarks5: np.ndarray) -> np.ndarray:
     x = eye_to_eye - np.flipud(eye_to_mouth) * np.array([-1.0, 1.0])
     norm = float(np.hypot(*x))
     if norm < 1e-6:
-        raise ValueError("degenerate landmarks: eyes and mouth coincide")
+        raise DegenerateLandmarks("degenerate landmarks: eyes and mouth coincide")
     x /= norm
     x *= max(float(np.hypot(*eye_to_eye)) * 2.0, float(np.hypot(*eye_to_mouth)) * 1.8)
     y = np.flipud(x) * np.array([-1.0, 1.0])

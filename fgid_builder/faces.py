@@ -10,7 +10,9 @@ Gates (`FaceGates`), applied in that order:
   most prominent faces instead of nothing: users of an identity dataset want the people in
   front, not a whole-photo reject. `max_faces=0` means no limit;
 - shorter box side under `min_face` pixels -> FACE_TOO_SMALL, per face (such a face would be
-  upscaled more than ~4x into the 512 portrait).
+  upscaled more than ~4x into the 512 portrait);
+- five landmarks that define no alignment (not finite, or eyes and mouth at one point) ->
+  BAD_LANDMARKS, for that face only: the photo's other faces still become samples.
 A face keeps its rank index whether or not it passes, so keys are stable across gate settings.
 """
 
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from fgid_builder.align import align_face, transform_points
+from fgid_builder.align import DegenerateLandmarks, align_face, transform_points
 from fgid_builder.io import DecodedImage
 from fgid_builder.quality import area_ratio, head_pose, laplacian_variance
 from fgid_builder.schema import DetectedFace, FaceSample, Reason, make_key
@@ -101,7 +103,10 @@ def faces_from_detections(
                 (index, Reason.FACE_TOO_SMALL, f"face {det.size:.0f}px < min_face {gates.min_face}")
             )
             continue
-        samples.append(build_sample(decoded, det, index=index, source=src))
+        try:
+            samples.append(build_sample(decoded, det, index=index, source=src))
+        except DegenerateLandmarks as e:  # this face only; the photo's other faces go on
+            rejects.append((index, Reason.BAD_LANDMARKS, str(e)))
     return samples, rejects
 
 

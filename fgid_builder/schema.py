@@ -98,6 +98,7 @@ class Reason(str, Enum):
     NO_FACE = "no_face"
     TOO_MANY_FACES = "too_many_faces"
     FACE_TOO_SMALL = "face_too_small"
+    BAD_LANDMARKS = "bad_landmarks"  # a face whose landmarks cannot define an alignment
     ERROR = "error"  # an unexpected exception in a stage; detail holds the message
 
 

@@ -89,3 +89,15 @@ def test_sample_record_is_filled():
     assert np.asarray(s.crop_affine).shape == (2, 3)
     assert s.portrait_landmarks5.shape == (5, 2) and s.portrait_landmarks is None
     assert abs(s.portrait_landmarks5[0, 1] - s.portrait_landmarks5[1, 1]) < 1e-3
+
+
+@pytest.mark.parametrize("bad", ["collapsed", "nan"])
+def test_a_face_without_usable_landmarks_is_rejected_alone(bad: str):
+    good, broken = _face(0, 0, 200), _face(300, 0, 150)
+    lm5 = np.asarray(broken.landmarks5).copy()
+    lm5[:] = lm5[2] if bad == "collapsed" else np.nan
+    broken = DetectedFace(bbox=broken.bbox, score=1.0, landmarks5=lm5)
+    samples, rejects = _run([good, broken])
+    assert [s.face["index"] for s in samples] == [0]
+    assert [(i, r) for i, r, _ in rejects] == [(1, Reason.BAD_LANDMARKS)]
+    assert "degenerate landmarks" in rejects[0][2]
