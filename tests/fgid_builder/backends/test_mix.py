@@ -28,22 +28,41 @@ def _check_members(members: dict, stages: dict[str, str]) -> None:
         assert len(s.models[stage]["weights_sha256"] or "x" * 64) == 64
 
 
+# The random SCRFD's options (as test_insightface.DET, which says why) and the gates that go
+# with them: its boxes are a few tens of photo pixels (with seed 0 the largest box is 38 px on
+# the astronaut and Grace Hopper, 60 px on t1), under the default min_face of 64, and
+# --max-faces 1 keeps one sample per photo (BiSeNet and ArcFace run once per photo).
+SCRFD_OPTIONS = {"det_size": 160, "det_thresh": 0.55}
+MIN_FACE, MAX_FACES = 16, 1
+
+
 def test_insightface_bisenet_arcface_with_embedded_captioner(models_dir: Path, shipped_photos):
+    """insightface detection (the random SCRFD + 2d106) + BiSeNet + ArcFace + the embedded
+    attribute captioner in one ImageProcessor: the largest box the detector reports becomes a
+    sample carrying each backend's record and the 106 points, every other box a reject row."""
     from fgid_builder.caption.attributes import AttributeCaptioner
     from fgid_builder.detect.insightface_scrfd import InsightFaceDetector
     from fgid_builder.embed.arcface import ArcFaceEmbedder
+    from fgid_builder.faces import FaceGates
+    from fgid_builder.io import decode_image
     from fgid_builder.parse.bisenet import BiSeNetParser
     from fgid_builder.process import ImageProcessor
+    from fgid_builder.schema import Reason
 
+    detector = InsightFaceDetector(models_dir=str(models_dir), **SCRFD_OPTIONS)
     proc = ImageProcessor(
-        InsightFaceDetector(models_dir=str(models_dir)),
+        detector,
         BiSeNetParser(models_dir=str(models_dir)),
         ArcFaceEmbedder(models_dir=str(models_dir)),
         AttributeCaptioner(),
+        FaceGates(min_face=MIN_FACE, max_faces=MAX_FACES),
     )
     path = shipped_photos[0]
+    detections = detector.detect([decode_image(path.read_bytes()).rgb])[0]
     result = proc.process(path.read_bytes(), path.name)
-    assert result.members, result.rejects
+    assert len(result.members) == 1, result.rejects
+    assert len(result.rejects) == len(detections) - 1
+    assert {reason for _, reason, _ in result.rejects} == {Reason.TOO_MANY_FACES}
     for m in result.members:
         _check_members(
             m,
@@ -54,7 +73,8 @@ def test_insightface_bisenet_arcface_with_embedded_captioner(models_dir: Path, s
             },
         )
     meta = json.loads(result.members[0]["json"])
-    assert len(meta["face"]["landmarks"]) == 106
+    assert meta["face"]["index"] == 0 and len(meta["face"]["landmarks"]) == 106
+    assert meta["face"]["size"] >= MIN_FACE
 
 
 @pytest.fixture(scope="module")
@@ -132,11 +152,13 @@ def test_fgid_build_retinaface_random_weights(
 def test_fgid_build_with_production_backends(
     models_dir: Path, shipped_photos, ray_local, tmp_path: Path
 ):
-    """`fgid build --detector insightface --parser bisenet --embedder arcface --models-dir`."""
+    """`fgid build --detector insightface --parser bisenet --embedder arcface --models-dir`, the
+    detector configured from the CLI (antelopev2 pack, the random SCRFD's options): the options
+    reach the Ray actors and are recorded, the largest box of each photo becomes a sample that
+    passes the default build's schema checks, the other boxes `too_many_faces` rows."""
     pytest.importorskip("ray")
     from click.testing import CliRunner
 
-    from fgid_builder.encode import decode_sample
     from pipelines.build import build_command
 
     inp = tmp_path / "in"
@@ -147,33 +169,24 @@ def test_fgid_build_with_production_backends(
     args = [
         str(inp), str(out), "--detector", "insightface", "--parser", "bisenet",
         "--embedder", "arcface", "--models-dir", str(models_dir), "--workers", "1",
-        "--no-progress", "--no-report",
-        # a production backend configured from the CLI: the options reach the Ray actors
-        "--detector-option", "pack=antelopev2", "--detector-option", "det_thresh=0.5",
+        "--no-progress", "--no-report", "--min-face", str(MIN_FACE), "--max-faces", str(MAX_FACES),
+        "--detector-option", "pack=antelopev2",
+        "--detector-option", f"det_size={SCRFD_OPTIONS['det_size']}",
+        "--detector-option", f"det_thresh={SCRFD_OPTIONS['det_thresh']}",
     ]  # fmt: skip
     res = CliRunner().invoke(build_command, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    import tarfile
-
-    shards = sorted((out / "shards").glob("*.tar"))
-    assert shards
-    n = 0
-    with tarfile.open(shards[0]) as tar:
-        members: dict[str, dict[str, bytes]] = {}
-        for ti in tar.getmembers():
-            key, _, ext = ti.name.partition(".")
-            members.setdefault(key, {"__key__": key})[ext] = tar.extractfile(ti).read()
-    for m in members.values():
-        s = decode_sample(m)
-        assert s.models["parse"]["name"] == "facexlib-bisenet"
-        assert s.models["detect"]["name"] == "insightface-scrfd/antelopev2"
-        assert s.models["embed"]["weights_sha256"]
-        n += 1
-    assert n >= 1
-    import json
-
+    rows = check_built_dataset(
+        out,
+        {"detect": "insightface-scrfd/antelopev2", "parse": "facexlib-bisenet",
+         "embed": "insightface-arcface", "caption": "attribute-describer"},
+    )  # fmt: skip
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert sorted(r["source_uri"] for r in ok) == sorted(p.name for p in shipped_photos[:2])
+    assert {r["face_index"] for r in ok} == {0}
+    assert {r["reason"] for r in rows if r["status"] != "ok"} == {"too_many_faces"}
     settings = json.loads((out / "build.json").read_text())
-    assert settings["backend_options"]["detect"] == {"pack": "antelopev2", "det_thresh": 0.5}
+    assert settings["backend_options"]["detect"] == {"pack": "antelopev2", **SCRFD_OPTIONS}
 
 
 @pytest.mark.integration

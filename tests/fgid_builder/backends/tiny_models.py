@@ -2,26 +2,21 @@
 
 - insightface packs: ONNX files built with `onnx.helper` whose input/output signatures are the
   ones insightface's model router recognises (SCRFD: 9 outputs; 2d106: 192x192 in, 212 out;
-  ArcFace: 112x112 in, 512 out; genderage: 96x96 in). The SCRFD graph is random convolutions
-  plus bias maps that put one confident, face-shaped detection at chosen canvas positions, so a
-  pipeline downstream has a face to align.
-- facexlib: the real BiSeNet / RetinaFace modules with random weights, `torch.save`d as the
-  `.pth` facexlib loads.
+  ArcFace: 112x112 in, 512 out; genderage: 96x96 in), random weights throughout. Nothing is
+  planted: an untrained SCRFD finds no face, only what its random convolutions output.
+- facexlib: the real BiSeNet / RetinaFace modules with their own random initialisation,
+  `torch.save`d as the `.pth` facexlib loads.
 - transformers: tiny LLaVA, Qwen2-VL and Idefics3 (SmolVLM) models saved with `save_pretrained`,
   with a byte-level BPE tokenizer trained locally and the real processor classes (no hub access).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 # -- insightface ONNX ------------------------------------------------------------------------
-
-# 5-point face template (canvas pixels, relative to the face centre) for a 192 px face.
-_KPS_TEMPLATE = np.array([[-36, -24], [36, -24], [0, 12], [-30, 48], [30, 48]], dtype=np.float32)
 
 
 def _init(name: str, arr: np.ndarray):
@@ -47,20 +42,29 @@ def _model(graph):
     return model
 
 
-def scrfd_onnx(
-    path: Path,
-    *,
-    det_size: int = 640,
-    faces: Sequence[tuple[float, float]] = ((0.4, 0.4),),
-    face_px: int = 192,
-    batched_outputs: bool = False,
-    seed: int = 0,
-) -> Path:
-    """An SCRFD-signature ONNX (3 strides x score/bbox/kps = 9 outputs, 2 anchors).
+def _default_init(
+    rng: np.random.Generator, shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A conv layer's weight and bias as PyTorch initialises nn.Conv2d: U(-k, k), k = fan_in^-0.5."""
+    k = 1.0 / np.sqrt(np.prod(shape[1:]))
+    return rng.uniform(-k, k, size=shape), rng.uniform(-k, k, size=shape[0])
 
-    `faces` are canvas positions as fractions of `det_size`; each becomes one detection of
-    `face_px` pixels (in canvas pixels) with score ~0.99. Real SCRFD exports have rank-2
-    outputs (no batch axis, as buffalo_l's det_10g); `batched_outputs` adds the batch axis.
+
+def scrfd_onnx(
+    path: Path, *, batched_outputs: bool = False, seed: int = 0, hidden: int = 16
+) -> Path:
+    """An SCRFD-signature ONNX with plain random weights: per stride (8, 16, 32), an average pool
+    to the stride, a 3x3 conv (3 -> `hidden`) + ReLU and a 1x1 head conv giving, for 2 anchors a
+    position, the score logit (sigmoid applied, as in the exports), 4 box distances and 10
+    keypoint offsets (in stride units): 9 outputs, score/bbox/kps x strides. Input `input.1`
+    [1, 3, H, W] with H and W dynamic, as det_10g; `batched_outputs` gives the rank-3 outputs
+    (batch axis first) of some exports, with a dynamic batch.
+
+    Weights and biases are drawn as PyTorch's default conv initialisation (seeded), not SCRFD's
+    training one (1% score prior, N(0, 0.01) heads) under which every anchor would score ~0.01
+    with boxes of about a pixel. Untrained, every anchor scores between ~0.3 and ~0.7 and the box
+    distances are a fraction of a stride either way, so boxes are small and some inverted
+    (x1 < x0): no face anywhere, only the network's output for the decoder to read.
     """
     from onnx import TensorProto, helper
 
@@ -68,27 +72,20 @@ def scrfd_onnx(
     strides, anchors = (8, 16, 32), 2
     nodes, inits, outs = [], [], {"score": [], "bbox": [], "kps": []}
     for s in strides:
-        fh = det_size // s
         nodes.append(
             helper.make_node(
                 "AveragePool", ["input.1"], [f"pool{s}"], kernel_shape=[s, s], strides=[s, s]
             )
         )
-        w = rng.normal(0, 0.01, size=(anchors * 15, 3, 1, 1))
-        inits.append(_init(f"w{s}", w))
-        nodes.append(helper.make_node("Conv", [f"pool{s}", f"w{s}"], [f"feat{s}"]))
-        bias = np.zeros((1, anchors * 15, fh, fh), np.float32)
-        bias[:, 0:anchors] = -9.0  # score logits
-        bias[:, anchors : anchors * 5] = 1.0  # box distances (stride units)
-        if s == 32:
-            for fx, fy in faces:
-                cx, cy = round(fx * det_size / s), round(fy * det_size / s)
-                bias[0, 0, cy, cx] = 9.0  # anchor 0 only
-                bias[0, anchors : anchors + 4, cy, cx] = face_px / 2 / s
-                kps = (_KPS_TEMPLATE * face_px / 192.0 / s).reshape(-1)
-                bias[0, anchors * 5 : anchors * 5 + 10, cy, cx] = kps
-        inits.append(_init(f"b{s}", bias))
-        nodes.append(helper.make_node("Add", [f"feat{s}", f"b{s}"], [f"logit{s}"]))
+        w, b = _default_init(rng, (hidden, 3, 3, 3))
+        inits += [_init(f"w{s}", w), _init(f"b{s}", b)]
+        nodes.append(
+            helper.make_node("Conv", [f"pool{s}", f"w{s}", f"b{s}"], [f"feat{s}"], pads=[1] * 4)
+        )
+        nodes.append(helper.make_node("Relu", [f"feat{s}"], [f"relu{s}"]))
+        w, b = _default_init(rng, (anchors * 15, hidden, 1, 1))
+        inits += [_init(f"hw{s}", w), _init(f"hb{s}", b)]
+        nodes.append(helper.make_node("Conv", [f"relu{s}", f"hw{s}", f"hb{s}"], [f"logit{s}"]))
         nodes.append(helper.make_node("Transpose", [f"logit{s}"], [f"nhwc{s}"], perm=[0, 2, 3, 1]))
         for part, lo, hi, k in (
             ("score", 0, anchors, 1),
@@ -109,19 +106,16 @@ def scrfd_onnx(
             if part == "score":
                 nodes.append(helper.make_node("Sigmoid", [src], [f"{part}sig{s}"]))
                 src = f"{part}sig{s}"
-            shape = [1, -1, k] if batched_outputs else [-1, k]
-            if batched_outputs:
-                shape = [0, -1, k]
+            shape = [0, -1, k] if batched_outputs else [-1, k]
             inits.append(
                 helper.make_tensor(f"shape{part}{s}", TensorProto.INT64, [len(shape)], shape)
             )
             name = f"{part}_{s}"
             nodes.append(helper.make_node("Reshape", [src, f"shape{part}{s}"], [name]))
-            n = (det_size // s) ** 2 * anchors
-            dims = ["batch", n, k] if batched_outputs else [n, k]
+            dims = ["batch", f"n{s}", k] if batched_outputs else [f"n{s}", k]
             outs[part].append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
     inp = helper.make_tensor_value_info(
-        "input.1", TensorProto.FLOAT, ["batch" if batched_outputs else 1, 3, det_size, det_size]
+        "input.1", TensorProto.FLOAT, ["batch" if batched_outputs else 1, 3, "H", "W"]
     )
     graph = helper.make_graph(
         nodes, "tiny_scrfd", [inp], outs["score"] + outs["bbox"] + outs["kps"], inits
@@ -188,25 +182,19 @@ def insightface_pack(
     models_dir: Path,
     pack: str = "buffalo_l",
     *,
-    det_size: int = 640,
-    faces: Sequence[tuple[float, float]] = ((0.4, 0.4),),
-    face_px: int = 192,
     batched_outputs: bool = False,
     landmarks: bool = True,
     nested: bool = False,
+    seed: int = 0,
 ) -> Path:
-    """A pack folder `models_dir/insightface/models/<pack>/` (nested as the antelopev2 zip)."""
+    """A pack folder `models_dir/insightface/models/<pack>/` (nested as the antelopev2 zip).
+
+    The detector is `scrfd_onnx(seed=seed)`: two packs with one seed hold the same network."""
     root = Path(models_dir) / "insightface" / "models" / pack
     if nested:
         root = root / pack
     names = PACK_FILES[pack]
-    scrfd_onnx(
-        root / names["det"],
-        det_size=det_size,
-        faces=faces,
-        face_px=face_px,
-        batched_outputs=batched_outputs,
-    )
+    scrfd_onnx(root / names["det"], batched_outputs=batched_outputs, seed=seed)
     if landmarks:
         landmark106_onnx(root / names["lmk"])
     arcface_onnx(root / names["rec"])
