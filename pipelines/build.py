@@ -3,13 +3,16 @@
 Flow (DESIGN.md, "Pipeline properties"):
 1. plan: list INPUT sorted, hash every file in parallel, drop byte-identical copies (index rows
    with reason `duplicate`), cut the unique images into shards of `--shard-size` images, and fix
-   all that in `OUT/plan.parquet`; a resumed run reads the plan instead of making a new one;
+   all that in `OUT/plan.parquet`; a resumed run reads the plan instead of making a new one.
+   A new plan is hashed in a thread while Ray starts (a resume starts Ray only if shards are
+   left to do);
 2. Ray Data: the images of uncommitted shards stream through the stages (pipelines.ray_stages:
    decode+detect+align -> parse -> embed -> caption -> encode), actor pools with models loaded
    inside the workers; a failure on one image or face is a row with a reason, never a lost block;
 3. the driver collects the rows of each shard; when every image of a shard has reported, it
    commits the shard: tar, then its index part, then the stats JSON (the commit marker);
-4. merge the index parts and the planning rejects into `OUT/index.parquet`;
+4. merge the index parts and the planning rejects into `OUT/index.parquet` (in a thread,
+   with step 5, while Ray stops);
 5. write the QA report `OUT/report/index.html` (eval.report; `--no-report` skips it). The
    report is a view of the dataset, rebuilt from scratch by every run: if it fails, the error
    is logged (`OUT/logs/report_error.txt`) and printed, the dataset is kept as committed, and
@@ -211,9 +214,11 @@ class BuildSummary:
     samples_written: int = 0  # by this run
     rejects: dict[str, int] = field(default_factory=dict)  # reason -> rows, whole dataset
     temp_files_removed: int = 0
-    seconds_plan: float = 0.0
+    seconds_plan: float = 0.0  # checking models, listing, hashing, writing the plan
     seconds_ray_start: float = 0.0
-    seconds_process: float = 0.0
+    planned_while_ray_started: bool = False  # a new plan is hashed while Ray starts
+    seconds_process: float = 0.0  # from Ray up and the plan made to the last shard committed
+    seconds_ray_stop: float = 0.0  # while the index is merged and the report written
     seconds_total: float = 0.0
     workers: int = 0
     images_per_second: float = 0.0
@@ -235,8 +240,10 @@ class BuildSummary:
             f"{self.shards_skipped} already committed)",
             f"rejects: {rejects}",
             f"{self.images_per_second:.2f} images/s with {self.workers} workers "
-            f"({self.seconds_process:.1f} s processing; {self.seconds_plan:.1f} s planning, "
-            f"{self.seconds_ray_start:.1f} s starting Ray, {self.seconds_total:.1f} s in all)",
+            f"({self.seconds_process:.1f} s processing; {self.seconds_plan:.1f} s planning"
+            f"{' while Ray started' if self.planned_while_ray_started else ''}, "
+            f"{self.seconds_ray_start:.1f} s starting Ray, {self.seconds_ray_stop:.1f} s "
+            f"stopping it; {self.seconds_total:.1f} s in all)",
         ]
         if self.report:
             lines.append(f"report: {self.report}")
@@ -430,19 +437,22 @@ def _demo_listing() -> list[Any]:
     return sorted(listed, key=lambda item: item.uri)
 
 
-def _load_or_make_plan(cfg: BuildConfig, out: Path, threads: int):
-    from pipelines.plan import list_inputs, make_plan, read_plan, write_plan
+def _list_for_plan(cfg: BuildConfig) -> list[Any]:
+    from pipelines.plan import list_inputs
 
-    path = out / PLAN
-    if path.is_file():
-        log.info("resuming: reading the plan in %s", path)
-        return read_plan(path)
     try:
-        listed = _demo_listing() if cfg.demo else list_inputs(cfg.input)
+        return _demo_listing() if cfg.demo else list_inputs(cfg.input)
     except FileNotFoundError as e:
         raise BuildError(str(e)) from None
+
+
+def _make_plan(cfg: BuildConfig, out: Path, listed: list[Any], threads: int):
+    """Hash the listed inputs and write OUT/plan.parquet (runs in a thread while Ray starts:
+    no Ray calls, and pipelines.plan was imported by the listing)."""
+    from pipelines.plan import make_plan, write_plan
+
     plan = make_plan(listed, shard_size=cfg.shard_size, threads=threads, base=cfg.input_base())
-    write_plan(path, plan)
+    write_plan(out / PLAN, plan)
     return plan
 
 
@@ -531,15 +541,96 @@ def _find_model_error(exc: BaseException) -> ModelFileError | None:
 
 
 def run_build(cfg: BuildConfig) -> BuildSummary:
-    """Plan, process the uncommitted shards on Ray, commit them, merge the index."""
-    from pipelines.plan import planned_images, resolve_path, shard_sizes
+    """Plan, process the uncommitted shards on Ray, commit them, merge the index.
+
+    The fixed costs overlap where they can: a new plan is hashed while Ray starts, and Ray
+    stops while the index is merged and the report written. Ray calls stay in this thread."""
+    from concurrent.futures import ThreadPoolExecutor
 
     t0 = time.perf_counter()
     summary = BuildSummary()
     models = check_models(cfg)
     out, summary.temp_files_removed = _prepare_out(cfg, models)
-    plan = _load_or_make_plan(cfg, out, threads=max(2, cfg.workers or os.cpu_count() or 2))
-    summary.seconds_plan = time.perf_counter() - t0
+    if cfg.report:
+        import eval.report  # noqa: F401 - imported here, not in the thread that writes it
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fgid-build") as background:
+        t_stop = None
+        try:
+            with contextlib.ExitStack() as ray_session:
+                plan, sizes, todo, images = _plan_and_start_ray(
+                    cfg, out, summary, t0, background, ray_session
+                )
+                if todo:
+                    t1 = time.perf_counter()
+                    written, timing = _process(
+                        cfg, out, images, {s: sizes[s] for s in todo}, summary.workers
+                    )
+                    summary.seconds_process = time.perf_counter() - t1
+                    for k, v in timing.items():
+                        setattr(summary, k, v)
+                    summary.images_read = len(images)
+                    summary.shards_written = len(todo)
+                    summary.samples_written = written
+                    summary.images_per_second = len(images) / max(summary.seconds_process, 1e-9)
+                    summary.worker_utilisation = summary.worker_seconds / max(
+                        summary.seconds_process * summary.workers, 1e-9
+                    )
+                finishing = background.submit(_finish, cfg, out, plan, list(sizes))
+                t_stop = time.perf_counter()
+        except BuildError:
+            raise
+        except Exception as e:
+            model_error = _find_model_error(e)
+            if model_error is not None:
+                raise model_error from None
+            raise
+        if summary.seconds_ray_start and t_stop is not None:
+            summary.seconds_ray_stop = time.perf_counter() - t_stop
+        table, summary.report, summary.report_error, summary.seconds_report = finishing.result()
+    status = table.column("status").to_pylist()
+    reasons = table.column("reason").to_pylist()
+    summary.samples = sum(1 for s in status if s == "ok")
+    summary.rejects = dict(
+        sorted(Counter(r for s, r in zip(status, reasons, strict=True) if s != "ok").items())
+    )
+    summary.seconds_total = time.perf_counter() - t0
+    (out / LOGS / "summary.json").write_text(json.dumps(asdict(summary), indent=1) + "\n")
+    return summary
+
+
+def _plan_and_start_ray(
+    cfg: BuildConfig,
+    out: Path,
+    summary: BuildSummary,
+    t0: float,
+    background: Any,
+    ray_session: contextlib.ExitStack,
+) -> tuple[Any, dict[str, int], list[str], list[dict[str, Any]]]:
+    """The plan (read, or made: hashed in `background` while Ray starts in this thread), its
+    shard sizes, the shards still to do and their images; Ray started when there is work.
+
+    A resume reads its plan first and starts Ray only for uncommitted shards."""
+    from pipelines.plan import planned_images, read_plan, resolve_path, shard_sizes
+
+    threads = max(2, cfg.workers or os.cpu_count() or 2)
+    started = False
+    if (out / PLAN).is_file():
+        log.info("resuming: reading the plan in %s", out / PLAN)
+        plan = read_plan(out / PLAN)
+        summary.seconds_plan = time.perf_counter() - t0
+    else:
+        listed = _list_for_plan(cfg)
+        if any(item.reason is None and _is_nonempty_file(item.path) for item in listed):
+            t_hash = time.perf_counter()
+            hashing = background.submit(_timed, _make_plan, cfg, out, listed, threads)
+            summary.planned_while_ray_started = True
+            _start_ray(cfg, summary, ray_session)
+            started = True
+            plan, seconds_hash = hashing.result()
+            summary.seconds_plan = (t_hash - t0) + seconds_hash
+        else:  # nothing that could be an image (only unreadable or empty files): no Ray
+            plan = _make_plan(cfg, out, listed, threads)
+            summary.seconds_plan = time.perf_counter() - t0
     sizes = shard_sizes(plan)
     summary.images_listed = plan.num_rows
     summary.images_planned = sum(sizes.values())
@@ -548,55 +639,51 @@ def run_build(cfg: BuildConfig) -> BuildSummary:
     summary.shards_skipped = len(sizes) - len(todo)
     if summary.shards_skipped:
         log.info("skipping %d committed shards", summary.shards_skipped)
-
-    if todo:
-        todo_set = set(todo)
-        base = cfg.input_base()
-        images = [
-            dict(r, path=resolve_path(r["path"], base))
-            for r in planned_images(plan)
-            if r["shard"] in todo_set
-        ]
+    todo_set = set(todo)
+    base = cfg.input_base()
+    images = [
+        dict(r, path=resolve_path(r["path"], base))
+        for r in planned_images(plan)
+        if r["shard"] in todo_set
+    ]
+    if images:
         _check_inputs_present(cfg, images)
-        t1 = time.perf_counter()
-        try:
-            with _ray_session(cfg) as workers:
-                summary.workers = workers
-                summary.seconds_ray_start = time.perf_counter() - t1
-                t1 = time.perf_counter()
-                written, timing = _process(cfg, out, images, {s: sizes[s] for s in todo}, workers)
-                for k, v in timing.items():
-                    setattr(summary, k, v)
-        except BuildError:
-            raise
-        except Exception as e:
-            model_error = _find_model_error(e)
-            if model_error is not None:
-                raise model_error from None
-            raise
-        summary.seconds_process = time.perf_counter() - t1
-        summary.images_read = len(images)
-        summary.shards_written = len(todo)
-        summary.samples_written = written
-        summary.images_per_second = len(images) / max(summary.seconds_process, 1e-9)
-        summary.worker_utilisation = summary.worker_seconds / max(
-            summary.seconds_process * summary.workers, 1e-9
-        )
+        if not started:
+            _start_ray(cfg, summary, ray_session)
+    return plan, sizes, todo, images
 
-    table = _merge_final_index(out, plan, list(sizes))
-    status = table.column("status").to_pylist()
-    reasons = table.column("reason").to_pylist()
-    summary.samples = sum(1 for s in status if s == "ok")
-    summary.rejects = dict(
-        sorted(Counter(r for s, r in zip(status, reasons, strict=True) if s != "ok").items())
-    )
-    if cfg.report:
-        t2 = time.perf_counter()
-        summary.report, summary.report_error = _write_report(out)
-        summary.seconds_report = time.perf_counter() - t2
-    summary.seconds_total = time.perf_counter() - t0
-    (out / LOGS / "summary.json").write_text(json.dumps(asdict(summary), indent=1) + "\n")
-    return summary
+
+def _is_nonempty_file(path: str) -> bool:
+    try:
+        return os.path.getsize(path) > 0
+    except OSError:
+        return False
+
+
+def _timed(fn, *args: Any) -> tuple[Any, float]:
+    t = time.perf_counter()
+    return fn(*args), time.perf_counter() - t
+
+
+def _start_ray(cfg: BuildConfig, summary: BuildSummary, ray_session: contextlib.ExitStack) -> None:
+    t = time.perf_counter()
+    import ray.data  # noqa: F401 - Ray Data's own import (~0.5 s), here rather than in _process
+
+    summary.workers = ray_session.enter_context(_ray_session(cfg))
+    summary.seconds_ray_start = time.perf_counter() - t
+
+
+def _finish(
+    cfg: BuildConfig, out: Path, plan: Any, shards: list[str]
+) -> tuple[Any, str | None, str | None, float]:
+    """The final index and the QA report (run while Ray stops): (index table, report path,
+    report error, seconds writing the report)."""
+    table = _merge_final_index(out, plan, shards)
+    if not cfg.report:
+        return table, None, None, 0.0
+    t = time.perf_counter()
+    report, error = _write_report(out)
+    return table, report, error, time.perf_counter() - t
 
 
 def _write_report(out: Path) -> tuple[str | None, str | None]:

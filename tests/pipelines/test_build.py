@@ -349,6 +349,23 @@ def test_resume_after_a_crash_redoes_only_uncommitted_work(built, bad_inputs, tm
 
 
 @pytest.mark.integration
+def test_fixed_costs_overlap_and_a_finished_out_needs_no_ray(built, bad_inputs, tmp_path):
+    """A new plan is hashed while Ray starts, and Ray stops while the index and report are
+    written (both timed in the summary); resuming a finished OUT starts no Ray at all."""
+    import shutil
+
+    first = json.loads((built / "logs" / "summary.json").read_text())
+    assert first["planned_while_ray_started"] and first["workers"] == 2
+    assert first["seconds_plan"] > 0 and first["seconds_report"] > 0
+    out = tmp_path / "out"
+    shutil.copytree(built, out, symlinks=True)
+    again = run_build(_cfg(bad_inputs[0], out))
+    assert again.shards_skipped == again.shards_total and again.images_read == 0
+    assert again.workers == 0 and again.seconds_ray_start == again.seconds_ray_stop == 0
+    assert _output_bytes(out) == _output_bytes(built)
+
+
+@pytest.mark.integration
 def test_cli_exit_codes(built, bad_inputs, tmp_path):
     """A finished OUT is resumed without Ray: exit 0; --strict with rejects: exit 1; settings
     that differ from OUT's: exit 2 with a one-line message."""
@@ -384,6 +401,8 @@ def test_nothing_to_process_needs_no_ray(tmp_path):
     (inp / "empty.jpg").write_bytes(b"")
     summary = run_build(BuildConfig(input=str(inp), out=str(tmp_path / "out"), progress=False))
     assert summary.shards_total == 0 and summary.rejects == {"empty_file": 1}
+    assert summary.workers == 0 and summary.seconds_ray_start == 0
+    assert not summary.planned_while_ray_started
     rows = read_index(tmp_path / "out" / INDEX).to_pylist()
     assert [(r["source_uri"], r["reason"]) for r in rows] == [("empty.jpg", "empty_file")]
 
