@@ -370,7 +370,18 @@ class InsightFaceDetector(Backend):
             per_image.append([o[0] if o.ndim == 3 else o for o in outs])
         return per_image
 
+    # Faces per 106-point batch: memory stays bounded however many boxes a photo has (a crowd,
+    # or an untrained detector's thousands), since the points are predicted before any gate.
+    LANDMARK_CHUNK = 32
+
     def _landmarks_106(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        chunks = [
+            self._landmarks_106_batch(image, boxes[i : i + self.LANDMARK_CHUNK])
+            for i in range(0, len(boxes), self.LANDMARK_CHUNK)
+        ]
+        return np.concatenate(chunks).astype(np.float32)
+
+    def _landmarks_106_batch(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         import cv2
 
         spec = self._m_lmk_spec

@@ -77,6 +77,21 @@ def test_detect_real_photos(models_dir: Path, photos: list[np.ndarray]) -> None:
     assert info.version == "det_10g.onnx+2d106det.onnx; det_size=160"
 
 
+def test_106_points_in_bounded_chunks_equal_one_batch(
+    models_dir: Path, photos: list[np.ndarray]
+) -> None:
+    """Photos with many boxes (here the random SCRFD's >10) get their 106 points in chunks, so
+    memory does not grow with the number of boxes; chunking does not change a single point."""
+    one = InsightFaceDetector(models_dir=str(models_dir), **DET)
+    one.LANDMARK_CHUNK = 10_000
+    small = InsightFaceDetector(models_dir=str(models_dir), **DET)
+    small.LANDMARK_CHUNK = 3
+    a, b = one.detect(photos[:1])[0], small.detect(photos[:1])[0]
+    assert len(a) == len(b) > 3
+    for fa, fb in zip(a, b, strict=True):
+        np.testing.assert_allclose(fa.landmarks, fb.landmarks, rtol=0, atol=1e-3)
+
+
 def _raw_outputs(det_size: int) -> list[np.ndarray]:
     """Zero score/bbox/kps arrays for strides 8, 16, 32 (2 anchors), as det_10g returns them."""
     n = [(det_size // s) ** 2 * 2 for s in (8, 16, 32)]
