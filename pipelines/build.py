@@ -11,8 +11,8 @@ Flow (DESIGN.md, "Pipeline properties"):
    inside the workers; a failure on one image or face is a row with a reason, never a lost block;
 3. the driver collects the rows of each shard; when every image of a shard has reported, it
    commits the shard: tar, then its index part, then the stats JSON (the commit marker);
-4. merge the index parts and the planning rejects into `OUT/index.parquet` (in a thread,
-   with step 5, while Ray stops);
+4. merge the index parts and the planning rejects into `OUT/index.parquet` (after Ray has
+   stopped);
 5. write the QA report `OUT/report/index.html` (eval.report; `--no-report` skips it). The
    report is a view of the dataset, rebuilt from scratch by every run: if it fails, the error
    is logged (`OUT/logs/report_error.txt`) and printed, the dataset is kept as committed, and
@@ -218,7 +218,7 @@ class BuildSummary:
     seconds_ray_start: float = 0.0
     planned_while_ray_started: bool = False  # a new plan is hashed while Ray starts
     seconds_process: float = 0.0  # from Ray up and the plan made to the last shard committed
-    seconds_ray_stop: float = 0.0  # while the index is merged and the report written
+    seconds_ray_stop: float = 0.0  # ray.shutdown, before the index merge and the report
     seconds_total: float = 0.0
     workers: int = 0
     images_per_second: float = 0.0
@@ -543,8 +543,8 @@ def _find_model_error(exc: BaseException) -> ModelFileError | None:
 def run_build(cfg: BuildConfig) -> BuildSummary:
     """Plan, process the uncommitted shards on Ray, commit them, merge the index.
 
-    The fixed costs overlap where they can: a new plan is hashed while Ray starts, and Ray
-    stops while the index is merged and the report written. Ray calls stay in this thread."""
+    A new plan is hashed while Ray starts; Ray calls stay in this thread. The index merge and
+    the report come after Ray has stopped, in this thread too."""
     from concurrent.futures import ThreadPoolExecutor
 
     t0 = time.perf_counter()
@@ -576,7 +576,6 @@ def run_build(cfg: BuildConfig) -> BuildSummary:
                     summary.worker_utilisation = summary.worker_seconds / max(
                         summary.seconds_process * summary.workers, 1e-9
                     )
-                finishing = background.submit(_finish, cfg, out, plan, list(sizes))
                 t_stop = time.perf_counter()
         except BuildError:
             raise
@@ -587,7 +586,11 @@ def run_build(cfg: BuildConfig) -> BuildSummary:
             raise
         if summary.seconds_ray_start and t_stop is not None:
             summary.seconds_ray_stop = time.perf_counter() - t_stop
-        table, summary.report, summary.report_error, summary.seconds_report = finishing.result()
+    # After Ray has stopped, in this thread: run inside pytest's captured output, the report
+    # written in a thread while ray.shutdown ran ended the test process without a word.
+    table, summary.report, summary.report_error, summary.seconds_report = _finish(
+        cfg, out, plan, list(sizes)
+    )
     status = table.column("status").to_pylist()
     reasons = table.column("reason").to_pylist()
     summary.samples = sum(1 for s in status if s == "ok")
@@ -677,7 +680,7 @@ def _start_ray(cfg: BuildConfig, summary: BuildSummary, ray_session: contextlib.
 def _finish(
     cfg: BuildConfig, out: Path, plan: Any, shards: list[str]
 ) -> tuple[Any, str | None, str | None, float]:
-    """The final index and the QA report (run while Ray stops): (index table, report path,
+    """The final index and the QA report (after Ray has stopped): (index table, report path,
     report error, seconds writing the report)."""
     table = _merge_final_index(out, plan, shards)
     if not cfg.report:
