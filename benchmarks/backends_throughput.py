@@ -139,19 +139,25 @@ def bench_2d106(args, models: Path | None, images: list[np.ndarray]) -> None:
               per_s=round(n / dt, 2), unit="faces")  # fmt: skip
 
 
+def _bench_batches(fn, samples, batch_sizes, *, stage: str, backend: str) -> None:
+    """Time `fn` over all faces in batches of each size; one emitted figure per size."""
+    for bs in batch_sizes:
+
+        def run(bs=bs) -> None:
+            for i in range(0, len(samples), bs):
+                fn(samples[i : i + bs])
+
+        dt = _timed(run)
+        _emit(stage=stage, backend=backend, batch=bs, n=len(samples),
+              per_s=round(len(samples) / dt, 2), unit="faces")  # fmt: skip
+
+
 def bench_arcface(args, models: Path | None, samples) -> None:
     from fgid_builder.embed.arcface import ArcFaceEmbedder
 
     emb = ArcFaceEmbedder(device=args.device, num_threads=args.threads, **_pack_kw(args, models))
-    for bs in (1, args.batch * 4):
-
-        def run(bs=bs) -> None:
-            for i in range(0, len(samples), bs):
-                emb.embed(samples[i : i + bs])
-
-        dt = _timed(run)
-        _emit(stage="embed", backend="insightface ArcFace IResNet-50 (w600k_r50.onnx)", batch=bs,
-              n=len(samples), per_s=round(len(samples) / dt, 2), unit="faces")  # fmt: skip
+    _bench_batches(emb.embed, samples, (1, args.batch * 4), stage="embed",
+                   backend="insightface ArcFace IResNet-50 (w600k_r50.onnx)")  # fmt: skip
 
 
 def bench_bisenet(args, models: Path, samples) -> None:
@@ -160,15 +166,8 @@ def bench_bisenet(args, models: Path, samples) -> None:
 
     bisenet_pth(models)
     parser = BiSeNetParser(models_dir=str(models), device=args.device, num_threads=args.threads)
-    for bs in (1, args.batch):
-
-        def run(bs=bs) -> None:
-            for i in range(0, len(samples), bs):
-                parser.parse(samples[i : i + bs])
-
-        dt = _timed(run)
-        _emit(stage="parse", backend="facexlib BiSeNet (19 classes, 512 px)", batch=bs,
-              n=len(samples), per_s=round(len(samples) / dt, 2), unit="faces")  # fmt: skip
+    _bench_batches(parser.parse, samples, (1, args.batch), stage="parse",
+                   backend="facexlib BiSeNet (19 classes, 512 px)")  # fmt: skip
 
 
 def bench_mllm(args, models: Path, samples) -> None:

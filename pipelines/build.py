@@ -551,9 +551,6 @@ def run_build(cfg: BuildConfig) -> BuildSummary:
     summary = BuildSummary()
     models = check_models(cfg)
     out, summary.temp_files_removed = _prepare_out(cfg, models)
-    if cfg.report:  # imported here rather than in the thread that writes the report; an
-        with contextlib.suppress(ImportError):  # import error still surfaces there, at the end
-            import eval.report  # noqa: F401
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fgid-build") as background:
         t_stop = None
         try:
