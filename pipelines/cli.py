@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("pipelines.eval_cmds", "Score generated images against reference photos."),
     "generate": ("pipelines.generate_cmd", "Generate portraits with a trained adapter."),
     "train": ("pipelines.train_cmd", "Train ConsistentID on fgid shards (accelerate)."),
+    "identities": ("pipelines.identity_cmds", "Give every sample an identity id (hnswlib)."),
+    "split": ("pipelines.identity_cmds", "Identity-disjoint train/val/test splits."),
 }
 
 

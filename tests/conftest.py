@@ -24,3 +24,32 @@ def shared_faces() -> Path:
     if not (SHARED_FACES / "pairs.csv").is_file():
         pytest.skip(f"{SHARED_FACES} not present (the shared face photos are not in this checkout)")
     return SHARED_FACES
+
+
+@pytest.fixture(scope="session")
+def deepface_dataset(shared_faces, tmp_path_factory) -> Path:
+    """The shared deepface photos built once with `fgid build` (embedded defaults, 4 shards of
+    16 photos); tests that change it work on a copy."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("deepface") / "dataset"
+    env = dict(os.environ, OMP_NUM_THREADS="1", RAY_ADDRESS="")
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "build",
+        str(shared_faces),
+        str(out),
+        "--workers",
+        "2",
+        "--shard-size",
+        "16",
+        "--no-progress",
+        "--no-report",
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out

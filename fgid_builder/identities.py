@@ -1,0 +1,378 @@
+"""Who is in a dataset: one identity id per sample, from its embedding, at any scale.
+
+Assignment: an HNSW graph (hnswlib, cosine space) gives every sample its `k` nearest
+neighbours; two samples are linked when their cosine is at least the embedder's same-person
+threshold; the connected components of those links are then re-cut by average linkage at the
+same threshold (single links alone chain two people through one look-alike pair: on the
+deepface photos they merged two of the 13 people). Its id is `id_` + the smallest key in it,
+so an id does not change when unrelated samples come or go.
+
+Why hnswlib (over faiss-cpu): no training step and no data-dependent tuning (IVF needs k-means
+and nprobe per collection), cosine space built in, and the graph is a pure function of the
+vectors when it is built in one thread with a fixed seed, in key order. Deterministic output is
+a project rule; queries (read only) use every thread. Memory is about (4 d + 8 M) bytes per
+vector (`benchmarks/identity_scale.py` measures 100k and 1M).
+
+The threshold per embedder is calibrated on labelled pairs (`calibrate_threshold`: the cosine
+that decides most pairs right, the midpoint of the widest gap among the best) and recorded in
+`CALIBRATED`, with what it was measured on; `tests/fgid_builder/test_identities.py` recomputes
+it on the shared deepface pairs. An embedder without a recorded threshold needs one given.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+IDENTITIES = "identities.parquet"
+IDENTITIES_JSON = "identities.json"
+ID_PREFIX = "id_"
+
+# embedder model name prefix -> (threshold, what it was calibrated on). Recomputed by
+# tests/fgid_builder/test_identities.py::test_recorded_dlib_threshold_is_the_calibrated_one.
+CALIBRATED: dict[str, dict[str, Any]] = {
+    "dlib": {
+        "threshold": 0.9248,
+        "calibrated_on": "the 280 labelled pairs of ../shared/data/faces/deepface/pairs.csv "
+        "(face 0 of each photo, fgid build with the embedded defaults)",
+        "pair_accuracy": 1.0,
+        "identity_pair_precision": 1.0,
+        "identity_pair_recall": 1.0,
+    },
+}
+
+IDENTITY_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("identity", pa.string(), nullable=False),
+        pa.field("source_sha256", pa.string()),
+        pa.field("size", pa.int64(), nullable=False),  # samples with this identity
+        # what decided it: the nearest sample of the same identity and its cosine (null: alone)
+        pa.field("linked_to", pa.string()),
+        pa.field("cosine", pa.float64()),
+        # the nearest sample of ANOTHER identity among the k neighbours, and its cosine
+        pa.field("nearest_other", pa.string()),
+        pa.field("nearest_other_cosine", pa.float64()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class AssignConfig:
+    """How identities are assigned (`fgid identities --help`)."""
+
+    threshold: float
+    k: int = 16  # neighbours per sample
+    ef: int = 64  # hnswlib query breadth (>= k)
+    m: int = 16  # hnswlib graph degree
+    ef_construction: int = 100
+    threads: int = 0  # query threads; 0 = all CPUs (the build is always one thread)
+    seed: int = 0
+    # components of up to this many samples are re-cut by average linkage (0/1: never)
+    refine_max: int = 5000
+
+    def __post_init__(self) -> None:
+        if not -1.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold {self.threshold} is not a cosine in [-1, 1]")
+        if self.k < 1 or self.m < 2 or self.ef_construction < 1 or self.ef < 1:
+            raise ValueError("k >= 1, m >= 2, ef >= 1 and ef_construction >= 1")
+
+
+@dataclass
+class Assignment:
+    keys: list[str]
+    identity: list[str]
+    size: list[int]
+    linked_to: list[str | None]
+    cosine: list[float | None]
+    nearest_other: list[str | None]
+    nearest_other_cosine: list[float | None]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def table(self, sources: Sequence[str | None] | None = None) -> pa.Table:
+        n = len(self.keys)
+        return pa.Table.from_pydict(
+            {
+                "key": self.keys,
+                "identity": self.identity,
+                "source_sha256": list(sources) if sources is not None else [None] * n,
+                "size": self.size,
+                "linked_to": self.linked_to,
+                "cosine": self.cosine,
+                "nearest_other": self.nearest_other,
+                "nearest_other_cosine": self.nearest_other_cosine,
+            },
+            schema=IDENTITY_SCHEMA,
+        )
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    v = np.asarray(vectors, dtype=np.float32)
+    if v.ndim != 2:
+        raise ValueError(f"expected an (n, d) array of embeddings, got shape {v.shape}")
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+def knn(vectors: np.ndarray, cfg: AssignConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(neighbour indices, cosines), each (n, k'), k' = min(k + 1, n), self included."""
+    import hnswlib
+
+    n, d = vectors.shape
+    k = min(cfg.k + 1, n)
+    index = hnswlib.Index(space="cosine", dim=d)
+    index.init_index(
+        max_elements=n, M=cfg.m, ef_construction=cfg.ef_construction, random_seed=cfg.seed
+    )
+    # one thread: the graph, hence every result, is a function of the vectors in this order
+    index.add_items(vectors, np.arange(n), num_threads=1)
+    index.set_ef(max(cfg.ef, k))
+    labels, distances = index.knn_query(
+        vectors, k=k, num_threads=cfg.threads or os.cpu_count() or 1
+    )
+    return labels.astype(np.int64), (1.0 - distances).astype(np.float64)
+
+
+def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected-component label (the smallest member index) of each of n nodes."""
+    parent = np.arange(n)
+
+    def find(x: int) -> int:
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    for i, j in zip(a.tolist(), b.tolist(), strict=True):
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    return np.array([find(i) for i in range(n)], dtype=np.int64)
+
+
+def _refine(comp: np.ndarray, v: np.ndarray, cfg: AssignConfig) -> np.ndarray:
+    """Re-cut each linked component by average linkage at the threshold: single links chain
+    two people through one look-alike pair, an average over all pairs does not. Components
+    over `refine_max` samples (their pair matrix would be too big) keep their single links."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import pdist
+
+    out = comp.copy()
+    order = np.argsort(comp, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(comp[order]) != 0])
+    for start, end in zip(starts, np.r_[starts[1:], len(order)], strict=True):
+        members = order[start:end]  # ascending index = ascending key
+        if len(members) < 3 or len(members) > cfg.refine_max:
+            continue
+        dist = np.clip(pdist(v[members].astype(np.float64), metric="cosine"), 0.0, 2.0)
+        labels = fcluster(
+            linkage(dist, method="average"), t=1.0 - cfg.threshold, criterion="distance"
+        )
+        first: dict[int, int] = {}
+        for m, lab in zip(members.tolist(), labels.tolist(), strict=True):
+            out[m] = first.setdefault(lab, m)
+    return out
+
+
+def assign_identities(keys: Sequence[str], vectors: np.ndarray, cfg: AssignConfig) -> Assignment:
+    """One identity per key (keys need not be sorted; the result is in sorted key order)."""
+    import hnswlib
+
+    order = sorted(range(len(keys)), key=lambda i: keys[i])
+    keys = [keys[i] for i in order]
+    n = len(keys)
+    settings = {**asdict(cfg), "library": f"hnswlib {getattr(hnswlib, '__version__', '?')}"}
+    settings.pop("threads")
+    if n == 0:
+        return Assignment([], [], [], [], [], [], [], settings)
+    v = normalise(np.asarray(vectors)[order])
+    labels, cos = knn(v, cfg)
+    rows = np.repeat(np.arange(n), labels.shape[1])
+    cols = labels.reshape(-1)
+    sims = cos.reshape(-1)
+    linked = (cols != rows) & (sims >= cfg.threshold)
+    comp = _components(n, rows[linked], cols[linked])
+    if cfg.refine_max > 1:
+        comp = _refine(comp, v, cfg)
+    sizes = np.bincount(comp, minlength=n)
+    ident = [f"{ID_PREFIX}{keys[c]}" for c in comp.tolist()]
+    linked_to: list[str | None] = [None] * n
+    link_cos: list[float | None] = [None] * n
+    other: list[str | None] = [None] * n
+    other_cos: list[float | None] = [None] * n
+    for i in range(n):
+        for j, c in zip(labels[i].tolist(), cos[i].tolist(), strict=True):
+            if j == i:
+                continue
+            c = round(float(c), 6)
+            if comp[j] == comp[i]:
+                if linked_to[i] is None or c > link_cos[i]:
+                    linked_to[i], link_cos[i] = keys[j], c
+            elif other[i] is None or c > other_cos[i]:
+                other[i], other_cos[i] = keys[j], c
+    return Assignment(
+        keys, ident, [int(sizes[c]) for c in comp], linked_to, link_cos, other, other_cos, settings
+    )
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+@dataclass(frozen=True)
+class Calibration:
+    threshold: float
+    pairs: int
+    accuracy: float  # of "same person iff cosine >= threshold" over the pairs
+
+
+def calibrate_threshold(scores: Sequence[float], same: Sequence[bool]) -> Calibration:
+    """The cosine threshold that decides the most labelled pairs right. Among the best cut
+    points it takes the midpoint of the widest gap between neighbouring scores."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(same, dtype=bool)
+    if s.size == 0 or y.all() or not y.any():
+        raise ValueError("calibration needs labelled pairs of both kinds")
+    u = np.unique(s)
+    cuts = np.concatenate([[u[0] - 1e-3], (u[:-1] + u[1:]) / 2, [u[-1] + 1e-3]])
+    gaps = np.concatenate([[1e-3], np.diff(u), [1e-3]])
+    acc = np.array([np.mean((s >= t) == y) for t in cuts])
+    best = np.flatnonzero(acc == acc.max())
+    pick = best[np.argmax(gaps[best])]
+    return Calibration(round(float(cuts[pick]), 4), int(s.size), float(acc[pick]))
+
+
+def pair_precision_recall(
+    pairs: Iterable[tuple[str, str, bool]], identity_of: dict[str, str]
+) -> dict[str, float | int]:
+    """Pairs (a, b, same person) against identity ids: same id = predicted same person."""
+    tp = fp = fn = tn = 0
+    for a, b, same in pairs:
+        pred = identity_of[a] == identity_of[b]
+        tp += pred and same
+        fp += pred and not same
+        fn += (not pred) and same
+        tn += (not pred) and not same
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / (tp + fn) if tp + fn else 1.0
+    return {
+        "pairs": tp + fp + fn + tn,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+        "precision": precision,
+        "recall": recall,
+    }
+
+
+def recorded_threshold(embedder: str) -> float | None:
+    for prefix, rec in CALIBRATED.items():
+        if embedder.startswith(prefix):
+            return float(rec["threshold"])
+    return None
+
+
+# --------------------------------------------------------------------------- dataset files
+
+
+@dataclass
+class DatasetEmbeddings:
+    keys: list[str]
+    vectors: np.ndarray
+    sources: list[str | None]  # source sha256 per key
+    uris: list[str]
+    embedder: str  # the embed model's name (most common over the samples)
+
+
+def read_embeddings(out: str | os.PathLike) -> DatasetEmbeddings:
+    """Every committed sample's `id.npy`, source and embed model from OUT's shards, by key."""
+    from collections import Counter
+
+    from fgid_builder.schema import load_npy
+    from fgid_builder.shards import iter_shard, shard_paths
+
+    keys: list[str] = []
+    vecs: list[np.ndarray] = []
+    sources: list[str | None] = []
+    uris: list[str] = []
+    names: Counter[str] = Counter()
+    for path in shard_paths(Path(out) / "shards"):
+        for s in iter_shard(path):
+            meta = json.loads(s["json"])
+            keys.append(s["__key__"])
+            vecs.append(load_npy(s["id.npy"]).astype(np.float32).reshape(-1))
+            src = meta.get("source") or {}
+            sources.append(src.get("sha256"))
+            uris.append(str(src.get("uri", "")))
+            names[((meta.get("models") or {}).get("embed") or {}).get("name", "")] += 1
+    order = sorted(range(len(keys)), key=lambda i: keys[i])
+    dim = vecs[0].shape[0] if vecs else 0
+    return DatasetEmbeddings(
+        [keys[i] for i in order],
+        np.stack([vecs[i] for i in order]) if vecs else np.zeros((0, dim), np.float32),
+        [sources[i] for i in order],
+        [uris[i] for i in order],
+        names.most_common(1)[0][0] if names else "",
+    )
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(
+        table.replace_schema_metadata(None),
+        sink,
+        compression="zstd",
+        compression_level=3,
+        data_page_version="1.0",
+        version="2.6",
+    )
+    return sink.getvalue()
+
+
+def write_identities(
+    out: str | os.PathLike, assignment: Assignment, sources: Sequence[str | None], meta: dict
+) -> dict[str, Any]:
+    """`OUT/identities.parquet` + `OUT/identities.json` (settings, threshold and where it came
+    from, counts), both atomic and byte-deterministic."""
+    from fgid_builder.shards import atomic_write_bytes
+
+    out = Path(out)
+    table = assignment.table(sources)
+    atomic_write_bytes(out / IDENTITIES, _parquet_bytes(table))
+    summary = identity_summary(table)
+    record = {**meta, "settings": assignment.settings, **summary}
+    atomic_write_bytes(
+        out / IDENTITIES_JSON, json.dumps(record, indent=1, sort_keys=True).encode() + b"\n"
+    )
+    return record
+
+
+def identity_summary(table: pa.Table, largest: int = 10) -> dict[str, Any]:
+    from collections import Counter
+
+    counts = Counter(table.column("identity").to_pylist())
+    sizes = Counter(counts.values())
+    return {
+        "samples": table.num_rows,
+        "identities": len(counts),
+        "singletons": sizes.get(1, 0),
+        "images_per_identity": {str(k): sizes[k] for k in sorted(sizes)},
+        "largest": [
+            {"identity": i, "samples": c}
+            for i, c in sorted(counts.items(), key=lambda x: (-x[1], x[0]))[:largest]
+        ],
+    }
+
+
+def read_identities(out: str | os.PathLike) -> pa.Table:
+    return pq.read_table(Path(out) / IDENTITIES, schema=IDENTITY_SCHEMA)
