@@ -18,7 +18,7 @@ from pathlib import Path
 def build_demo_shards(folder: Path) -> str:
     from fgid_builder.demo import demo_photos
     from fgid_builder.process import ImageProcessor
-    from fgid_builder.shards import write_shard
+    from fgid_builder.shards import shard_stats, write_shard, write_stats
 
     processor = ImageProcessor.default()
     members = []
@@ -26,7 +26,9 @@ def build_demo_shards(folder: Path) -> str:
         members.extend(processor.process(photo.read_bytes(), photo.name).members)
     members.sort(key=lambda m: m["__key__"])
     for n in range(4):
-        write_shard(folder / f"{n:06d}.tar", members[n::4])
+        tar = write_shard(folder / f"{n:06d}.tar", members[n::4])
+        stats = shard_stats(n, tar=tar, images=len(members[n::4]), reject_reasons=[])
+        write_stats(folder / f"{n:06d}.json", stats)
     return str(folder / "*.tar")
 
 

@@ -26,9 +26,14 @@ def train_command(
 ) -> None:
     """Train ConsistentID on fgid shards (accelerate; launch with `accelerate launch` for
     several GPUs or nodes)."""
+    from training.data import expand_shards
     from training.train import config_with_overrides, run_training
 
-    config = config_with_overrides(
-        config_path, shards=shards, output_dir=output_dir, max_steps=max_steps
-    )
+    try:
+        config = config_with_overrides(
+            config_path, shards=shards, output_dir=output_dir, max_steps=max_steps
+        )
+        expand_shards(config.data.shards)  # refused URLs (pipe:) and no match: exit 2
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.UsageError(str(exc)) from None
     run_training(config, resume=resume)

@@ -191,7 +191,9 @@ def _require(path: Path, what: str) -> None:
         )
 
 
-def load_pretrained_models(model: ModelConfig) -> BaseModels:
+def load_pretrained_models(model: ModelConfig, dtype: torch.dtype = torch.float32) -> BaseModels:
+    """The frozen models from local folders: UNet, text and image encoders in `dtype` (loaded
+    straight into it: a bf16 run never holds an fp32 copy), the VAE in fp32."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
@@ -201,11 +203,15 @@ def load_pretrained_models(model: ModelConfig) -> BaseModels:
     _require(Path(model.image_encoder or ""), "CLIP image encoder folder")
     kw: dict[str, Any] = {"local_files_only": True}
     return BaseModels(
-        unet=UNet2DConditionModel.from_pretrained(root, subfolder="unet", **kw),
-        vae=AutoencoderKL.from_pretrained(root, subfolder="vae", **kw),
-        text_encoder=CLIPTextModel.from_pretrained(root, subfolder="text_encoder", **kw),
+        unet=UNet2DConditionModel.from_pretrained(root, subfolder="unet", torch_dtype=dtype, **kw),
+        vae=AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=torch.float32, **kw),
+        text_encoder=CLIPTextModel.from_pretrained(
+            root, subfolder="text_encoder", torch_dtype=dtype, **kw
+        ),
         tokenizer=CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", **kw),
-        image_encoder=CLIPVisionModelWithProjection.from_pretrained(model.image_encoder, **kw),
+        image_encoder=CLIPVisionModelWithProjection.from_pretrained(
+            model.image_encoder, torch_dtype=dtype, **kw
+        ),
         noise_scheduler=DDPMScheduler.from_pretrained(root, subfolder="scheduler", **kw),
     )
 
@@ -398,15 +404,18 @@ def ensure_tiny_base(tiny: TinyModelConfig, resolution: int) -> Path:
     return folder
 
 
-def load_base_models(model: ModelConfig) -> BaseModels:
+def load_base_models(model: ModelConfig, dtype: torch.dtype = torch.float32) -> BaseModels:
     """Frozen base models with the facial marker added to the tokenizer.
+
+    Folders are loaded with the UNet and CLIP encoders in `dtype` (the VAE in fp32); the tiny
+    models are built in fp32 (the caller casts them).
 
     The global torch RNG is left untouched (the adapter's initialisation that follows must not
     depend on whether the tiny base came from the cache or was just pre-trained).
     """
     with torch.random.fork_rng(devices=[]):
         if model.tiny is None:
-            base = load_pretrained_models(model)
+            base = load_pretrained_models(model, dtype)
         elif model.tiny.pretrain_steps > 0:
             folder = ensure_tiny_base(model.tiny, model.resolution)
             base = load_pretrained_models(
@@ -415,7 +424,8 @@ def load_base_models(model: ModelConfig) -> BaseModels:
                     tiny=None,
                     pretrained_model=str(folder),
                     image_encoder=str(folder / "image_encoder"),
-                )
+                ),
+                dtype,
             )
         else:
             base = build_tiny_models(model.tiny, model.resolution)
@@ -424,3 +434,238 @@ def load_base_models(model: ModelConfig) -> BaseModels:
         module.requires_grad_(False)
         module.eval()
     return base
+
+
+# --- real-size random folders: the published SD1.5 / CLIP architectures, random weights --------
+
+SD15_ARCH = Path(__file__).resolve().parent / "arch" / "sd15"
+# Bump when the code below changes what a folder holds: it is part of the cache key.
+SD15_RANDOM_RECIPE = 1
+SD15_COMPONENTS = ("unet", "vae", "text_encoder", "scheduler", "image_encoder")
+
+
+def sd15_arch_files() -> dict[str, Path]:
+    files = {
+        "unet": SD15_ARCH / "unet" / "config.json",
+        "vae": SD15_ARCH / "vae" / "config.json",
+        "text_encoder": SD15_ARCH / "text_encoder" / "config.json",
+        "scheduler": SD15_ARCH / "scheduler" / "scheduler_config.json",
+        "image_encoder": SD15_ARCH / "image_encoder" / "config.json",
+    }
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise ModelFileError(f"published architecture configs missing: {missing}")
+    return files
+
+
+def sd15_random_folder(
+    cache: str | Path | None = None, *, dtype: str = "float16", seed: int = 0
+) -> tuple[Path, dict[str, Any]]:
+    """Where the random real-size folder of these settings lives, and its cache key."""
+    import diffusers
+    import transformers
+
+    if dtype not in ("float16", "bfloat16", "float32"):
+        raise ValueError(f"dtype must be float16, bfloat16 or float32, not {dtype!r}")
+    key = {
+        "recipe_version": SD15_RANDOM_RECIPE,
+        "dtype": dtype,
+        "seed": seed,
+        "arch": {
+            name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for name, p in sd15_arch_files().items()
+        },
+        "tokenizer_words": list(_TINY_WORDS),
+        "versions": {
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+        },
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    root = cache or os.environ.get("FGID_CACHE") or Path.home() / ".cache" / "fgid"
+    return Path(root).expanduser() / f"sd15-random-{digest}", key
+
+
+def sd15_module_makers() -> dict[str, Any]:
+    """name -> a function building that real-size module (random init) from its published
+    config: unet, vae, text_encoder (CLIP ViT-L/14 text), image_encoder (CLIP ViT-H/14 vision
+    tower + projection)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    files = sd15_arch_files()
+    return {
+        "unet": lambda: UNet2DConditionModel.from_config(
+            UNet2DConditionModel.load_config(files["unet"].parent)
+        ),
+        "vae": lambda: AutoencoderKL.from_config(AutoencoderKL.load_config(files["vae"].parent)),
+        "text_encoder": lambda: CLIPTextModel(CLIPTextConfig.from_json_file(files["text_encoder"])),
+        "image_encoder": lambda: CLIPVisionModelWithProjection(
+            CLIPVisionConfig.from_json_file(files["image_encoder"])
+        ),
+    }
+
+
+def build_sd15_arch_models(device: str = "meta") -> BaseModels:
+    """The real-size architectures from the published configs, without weights on `meta`
+    (shape checks, parameter counts in no time and no memory), with the SD1.5 scheduler and the
+    builder's tokenizer (facial marker not yet added)."""
+    from diffusers import DDPMScheduler
+    from transformers import CLIPTokenizer
+
+    makers = sd15_module_makers()
+    with torch.device(device):
+        modules = {name: make() for name, make in makers.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = CLIPTokenizer.from_pretrained(
+            write_tiny_clip_tokenizer(Path(tmp)), model_max_length=77
+        )
+    scheduler = DDPMScheduler.from_config(
+        DDPMScheduler.load_config(sd15_arch_files()["scheduler"].parent)
+    )
+    return BaseModels(
+        modules["unet"],
+        modules["vae"],
+        modules["text_encoder"],
+        tokenizer,
+        modules["image_encoder"],
+        scheduler,
+    )
+
+
+def _build_in_dtype(dtype: torch.dtype, make: Any) -> Any:
+    """`make()` with parameters created (and randomly initialised) directly in `dtype`, so
+    the real-size modules never exist in fp32 (the UNet alone would be 3.4 GB)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        return make()
+    finally:
+        torch.set_default_dtype(old)
+
+
+def ensure_sd15_random(
+    cache: str | Path | None = None, *, dtype: str = "float16", seed: int = 0
+) -> Path:
+    """Random-weight folders of the real SD1.5 + CLIP ViT-H/14 architectures, built once, cached.
+
+    Layout (what `training/configs/sd15.yaml` reads, relative to the folder):
+    `stable-diffusion-v1-5/{unet,vae,text_encoder,tokenizer,scheduler}/` in diffusers layout and
+    `image_encoder/` (CLIPVisionModelWithProjection), safetensors in `dtype`. One module is built
+    at a time, in `dtype`, then written and freed (peak ~ the UNet's bytes in `dtype`).
+    """
+    import gc
+
+    from diffusers import PNDMScheduler
+    from transformers import CLIPTokenizer
+
+    folder, key = sd15_random_folder(cache, dtype=dtype, seed=seed)
+    done = folder / "fgid_sd15_random.json"
+    if done.is_file():
+        return folder
+    files = sd15_arch_files()
+    torch_dtype = getattr(torch, dtype)
+    log.info("building random SD1.5 + CLIP ViT-H/14 folders (%s) into %s", dtype, folder)
+    t0 = time.perf_counter()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    sd = tmp / "stable-diffusion-v1-5"
+    counts: dict[str, int] = {}
+    try:
+        with torch.random.fork_rng(devices=[]):
+            makers = sd15_module_makers()
+            dests = {
+                "unet": sd / "unet",
+                "vae": sd / "vae",
+                "text_encoder": sd / "text_encoder",
+                "image_encoder": tmp / "image_encoder",
+            }
+            builders = [(name, dests[name], makers[name]) for name in dests]
+            for i, (name, dest, make) in enumerate(builders):
+                torch.manual_seed(seed + i)
+                module = _build_in_dtype(torch_dtype, make)
+                counts[name] = sum(p.numel() for p in module.parameters())
+                module.save_pretrained(dest, safe_serialization=True)
+                del module
+                gc.collect()
+        PNDMScheduler.from_config(
+            PNDMScheduler.load_config(files["scheduler"].parent)
+        ).save_pretrained(sd / "scheduler")
+        tok_src = write_tiny_clip_tokenizer(tmp / ".tokenizer-src")
+        CLIPTokenizer.from_pretrained(tok_src, model_max_length=77).save_pretrained(
+            sd / "tokenizer"
+        )
+        shutil.rmtree(tok_src)
+        (sd / "model_index.json").write_text(
+            json.dumps(
+                {
+                    "_class_name": "StableDiffusionPipeline",
+                    "scheduler": ["diffusers", "PNDMScheduler"],
+                    "text_encoder": ["transformers", "CLIPTextModel"],
+                    "tokenizer": ["transformers", "CLIPTokenizer"],
+                    "unet": ["diffusers", "UNet2DConditionModel"],
+                    "vae": ["diffusers", "AutoencoderKL"],
+                },
+                indent=2,
+            )
+        )
+        meta = {"key": key, "parameters": counts, "seconds": round(time.perf_counter() - t0, 1)}
+        (tmp / done.name).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        tmp.chmod(0o755)
+        try:
+            os.rename(tmp, folder)  # atomic; another process may have won the race
+        except OSError:
+            if not done.is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("random SD1.5 folders built in %.1f s: %s", time.perf_counter() - t0, counts)
+    return folder
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m training.base_models sd15-random [--cache DIR] [--dtype float16] [--link DIR]`"""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m training.base_models",
+        description="Build (once, cached) random-weight folders of the real SD1.5 architectures.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser(
+        "sd15-random",
+        help="random SD1.5 UNet/VAE/CLIP-L text + CLIP-H vision folders from the published "
+        "configs in training/arch/sd15 (no download); prints the folder",
+    )
+    p.add_argument("--cache", help="cache root (default $FGID_CACHE or ~/.cache/fgid)")
+    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--link",
+        help="also make DIR/stable-diffusion-v1-5 and DIR/image_encoder symlinks to it "
+        "(DIR=models: sd15.yaml's paths)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    folder = ensure_sd15_random(args.cache, dtype=args.dtype, seed=args.seed)
+    if args.link:
+        link_root = Path(args.link)
+        link_root.mkdir(parents=True, exist_ok=True)
+        for name in ("stable-diffusion-v1-5", "image_encoder"):
+            link = link_root / name
+            if link.is_symlink():
+                link.unlink()
+            elif link.exists():
+                raise SystemExit(f"error: {link} exists and is not a symlink; not replaced")
+            link.symlink_to(folder / name, target_is_directory=True)
+    print(folder)
+
+
+if __name__ == "__main__":
+    main()

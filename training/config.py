@@ -91,6 +91,12 @@ class DataConfig:
     both_drop: float = 0.05
     strict: bool = False
     min_region_pixels: int = 16
+    # Read a shard only when its bytes match the commit record beside it (`NNNNNN.json`, the
+    # tar's size and SHA-256, as `fgid build` writes it); others are skipped and counted. false:
+    # read tars that have no record (hand-made shards), still never from a `pipe:` URL.
+    verify: bool = True
+    # Skip samples whose identity embedding's L2 norm is further than this from 1.
+    id_norm_tolerance: float = 1.0e-2
 
     def validate(self) -> None:
         if self.batch_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 0:
@@ -98,6 +104,8 @@ class DataConfig:
         drops = (self.caption_drop, self.image_drop, self.both_drop)
         if any(p < 0 for p in drops) or sum(drops) > 1:
             raise ValueError("data: drop probabilities must be >= 0 and sum to <= 1")
+        if not self.id_norm_tolerance > 0:
+            raise ValueError("data.id_norm_tolerance must be > 0")
 
 
 @dataclass

@@ -4,20 +4,28 @@ Each process (rank) and each of its dataloader workers reads a disjoint part of 
 shards when there are enough of them, otherwise every k-th sample of every shard. The order is a
 pure function of (seed, epoch), so a resumed run can skip exactly the batches it already used.
 A corrupt shard or sample is logged and counted (and is a crash with `strict`).
+
+Nothing is trusted: a shard is read only from a file path or an object-store URL (never
+webdataset's `pipe:`, which runs a shell command), and only after its bytes match the commit
+record the builder wrote beside it (`NNNNNN.json`: the tar's size and SHA-256); a shard that has
+no record or does not match is skipped and counted (`unverified_shards`). A sample whose identity
+embedding is not a finite unit vector is skipped and counted (`corrupt_samples`).
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import io
 import json
 import logging
 import random
 import re
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -34,32 +42,152 @@ CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 REQUIRED_MEMBERS = ("jpg", "mask.png", "id.npy", "json")
 
 
+# Object stores pyarrow.fs opens; any other scheme (pipe:, http:, ...) is refused.
+OBJECT_STORE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss")
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+# |L2 norm - 1| above this: the identity embedding is not what the builder writes.
+ID_NORM_TOLERANCE = 1e-2
+# A remote shard is spooled in memory up to this size (then on local disk) while it is hashed.
+_SPOOL_BYTES = 64 << 20
+
+
 class CorruptSample(ValueError):
     """A sample whose members are missing or do not decode."""
 
 
+class UnverifiedShard(ValueError):
+    """A shard whose bytes do not match its commit record, or that has none."""
+
+
+def url_scheme(url: str) -> str:
+    """'' for a local path, else the URL scheme (lower case)."""
+    match = _SCHEME_RE.match(url)
+    return match.group(1).lower() if match else ""
+
+
+def check_shard_url(url: str) -> str:
+    """`url` if it is a file path, a file:// URL or an object-store URL; else a ValueError."""
+    scheme = url_scheme(url)
+    if scheme and scheme != "file" and scheme not in OBJECT_STORE_SCHEMES:
+        raise ValueError(
+            f"refused shard URL {url!r}: only file paths, file:// and object-store URLs "
+            f"({', '.join(s + '://' for s in OBJECT_STORE_SCHEMES)}) are read"
+            + (" (pipe: would run a shell command)" if scheme == "pipe" else "")
+        )
+    return url
+
+
+def _local_path(url: str) -> str | None:
+    scheme = url_scheme(url)
+    if not scheme:
+        return url
+    if scheme == "file":
+        return url[len("file://") :] if url.startswith("file://") else url[len("file:") :]
+    return None
+
+
 def expand_shards(spec: str | list[str]) -> list[str]:
-    """Shard paths from globs, brace patterns (`a-{000..009}.tar`) or lists of either, sorted."""
+    """Shard paths from globs, brace patterns (`a-{000..009}.tar`) or lists of either, sorted.
+
+    Each is checked by `check_shard_url` before anything is opened.
+    """
     import webdataset as wds
 
     specs = [spec] if isinstance(spec, str) else list(spec)
     urls: list[str] = []
     for item in specs:
         for part in item.split():
+            check_shard_url(part)
             for url in wds.shardlists.expand_urls(part):
-                matches = sorted(glob.glob(url)) if any(c in url for c in "*?[") else [url]
-                urls.extend(matches)
+                check_shard_url(url)
+                local = _local_path(url)
+                if local is not None and any(c in local for c in "*?["):
+                    urls.extend(sorted(glob.glob(local)))
+                else:
+                    urls.append(url)
     if not urls:
         raise FileNotFoundError(f"no shards match {spec!r}")
     return sorted(dict.fromkeys(urls))
 
 
-def iter_shard(url: str) -> Iterator[dict[str, Any]]:
-    """Raw samples of one tar in file order: {"__key__", member extension: bytes}."""
-    import webdataset as wds
+def record_url(url: str) -> str:
+    """The commit record the builder writes beside a shard: `NNNNNN.tar` -> `NNNNNN.json`."""
+    stem, dot, ext = url.rpartition(".")
+    return f"{stem}.json" if dot and "/" not in ext else f"{url}.json"
 
+
+def _open_raw(url: str) -> IO[bytes]:
+    check_shard_url(url)
+    local = _local_path(url)
+    if local is not None:
+        return open(local, "rb")
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(url)
+    return fs.open_input_stream(path)
+
+
+def read_commit_record(url: str) -> dict[str, Any]:
+    """The shard's stats JSON; UnverifiedShard when it is missing or malformed."""
+    rec = record_url(url)
+    try:
+        with _open_raw(rec) as f:
+            stats = json.loads(f.read(1 << 24))
+        tar = stats["tar"]
+        expected = {"bytes": int(tar["bytes"]), "sha256": str(tar["sha256"])}
+        name = str(tar["name"])
+    except FileNotFoundError as exc:
+        raise UnverifiedShard(f"{url}: no commit record {rec}") from exc
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UnverifiedShard(f"{url}: unreadable commit record {rec}: {exc}") from exc
+    if name != url.rsplit("/", 1)[-1]:
+        raise UnverifiedShard(f"{url}: its commit record names another tar ({name})")
+    return {**stats, "tar": {"name": name, **expected}}
+
+
+def open_shard(url: str, *, verify: bool = True) -> IO[bytes]:
+    """The shard's bytes as a seekable file, checked against its commit record when `verify`.
+
+    The tar is hashed in one pass before any sample is read: a local file through the same open
+    descriptor (then rewound), a remote object while it is spooled (memory, then a temp file).
+    """
+    if not verify:
+        return _open_raw(url)
+    record = read_commit_record(url)["tar"]
+    local = _local_path(url) is not None
+    src = _open_raw(url)
+    if local:
+        f: IO[bytes] = src
+    else:
+        f = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)  # noqa: SIM115
+    try:
+        h, size = hashlib.sha256(), 0
+        while chunk := src.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+            if not local:
+                f.write(chunk)
+            if size > record["bytes"]:
+                break
+        if size != record["bytes"] or h.hexdigest() != record["sha256"]:
+            raise UnverifiedShard(
+                f"{url}: bytes do not match its commit record ({size} bytes, sha256 "
+                f"{h.hexdigest()[:12]}..; recorded {record['bytes']}, {record['sha256'][:12]}..)"
+            )
+        f.seek(0)
+    except BaseException:
+        f.close()
+        src.close()
+        raise
+    if not local:
+        src.close()
+    return f
+
+
+def iter_shard(url: str, *, verify: bool = True) -> Iterator[dict[str, Any]]:
+    """Raw samples of one tar in file order: {"__key__", member extension: bytes}."""
     current: dict[str, Any] | None = None
-    with wds.gopen(url, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+    with open_shard(url, verify=verify) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
         for info in tar:
             if not info.isfile():
                 continue
@@ -89,7 +217,9 @@ class DecodedSample:
     meta: dict[str, Any]
 
 
-def decode_sample(raw: dict[str, Any]) -> DecodedSample:
+def decode_sample(
+    raw: dict[str, Any], id_norm_tolerance: float = ID_NORM_TOLERANCE
+) -> DecodedSample:
     key = raw.get("__key__", "?")
     missing = [m for m in REQUIRED_MEMBERS if m not in raw]
     if missing:
@@ -107,6 +237,10 @@ def decode_sample(raw: dict[str, Any]) -> DecodedSample:
         raise CorruptSample(f"{key}: mask shape {mask.shape} != image {image.size[::-1]}")
     if id_embed.ndim != 1 or not np.isfinite(id_embed).all():
         raise CorruptSample(f"{key}: identity embedding must be a finite 1-D vector")
+    with np.errstate(over="ignore", invalid="ignore"):
+        norm = float(np.linalg.norm(id_embed.astype(np.float64)))
+    if not abs(norm - 1.0) <= id_norm_tolerance:
+        raise CorruptSample(f"{key}: identity embedding has L2 norm {norm:.6g}, not 1")
     return DecodedSample(key, image, mask, id_embed, meta)
 
 
@@ -353,8 +487,12 @@ class FGIDStream(IterableDataset):
         strict: bool = False,
         start_batch: int = 0,
         max_epochs: int | None = None,
+        verify: bool = True,
+        id_norm_tolerance: float = ID_NORM_TOLERANCE,
     ):
         super().__init__()
+        for url in urls:
+            check_shard_url(url)
         self.urls = list(urls)
         self.transform = transform
         self.batch_size = batch_size
@@ -365,7 +503,14 @@ class FGIDStream(IterableDataset):
         self.strict = strict
         self.start_batch = start_batch
         self.max_epochs = max_epochs
-        self.stats = {"samples": 0, "corrupt_samples": 0, "corrupt_shards": 0}
+        self.verify = verify
+        self.id_norm_tolerance = id_norm_tolerance
+        self.stats = {
+            "samples": 0,
+            "corrupt_samples": 0,
+            "corrupt_shards": 0,
+            "unverified_shards": 0,
+        }
 
     def _fail(self, kind: str, message: str) -> None:
         self.stats[kind] += 1
@@ -384,12 +529,14 @@ class FGIDStream(IterableDataset):
         index = 0
         for url in mine:
             try:
-                for raw in iter_shard(url):
+                for raw in iter_shard(url, verify=self.verify):
                     if not by_shard:
                         index += 1
                         if (index - 1) % parts != part:
                             continue
                     yield raw
+            except UnverifiedShard as exc:
+                self._fail("unverified_shards", str(exc))
             except (tarfile.TarError, OSError, EOFError) as exc:
                 self._fail("corrupt_shards", f"{url}: {type(exc).__name__}: {exc}")
 
@@ -421,7 +568,7 @@ class FGIDStream(IterableDataset):
             produced = 0
             for raw in self._shuffled(self._raw_epoch(epoch, part, parts), rng):
                 try:
-                    sample = decode_sample(raw)
+                    sample = decode_sample(raw, self.id_norm_tolerance)
                 except CorruptSample as exc:
                     self._fail("corrupt_samples", f"{raw.get('__url__')}: {exc}")
                     continue
@@ -457,6 +604,8 @@ def make_dataloader(
     shuffle_buffer: int = 256,
     strict: bool = False,
     start_batch: int = 0,
+    verify: bool = True,
+    id_norm_tolerance: float = ID_NORM_TOLERANCE,
 ) -> DataLoader:
     dataset = FGIDStream(
         urls,
@@ -468,6 +617,8 @@ def make_dataloader(
         shuffle_buffer=shuffle_buffer,
         strict=strict,
         start_batch=start_batch,
+        verify=verify,
+        id_norm_tolerance=id_norm_tolerance,
     )
     return DataLoader(
         dataset,
@@ -478,20 +629,25 @@ def make_dataloader(
     )
 
 
-def peek_sample(urls: list[str]) -> DecodedSample:
-    """The first readable sample: the model's input dim and the builder models come from it."""
+def peek_sample(urls: list[str], *, verify: bool = True) -> DecodedSample:
+    """The first readable (and verified) sample: the model's input dim and the builder models
+    come from it."""
+    reasons: list[str] = []
     for url in urls:
         try:
-            for raw in iter_shard(url):
+            for raw in iter_shard(url, verify=verify):
                 try:
                     return decode_sample(raw)
-                except CorruptSample:
+                except CorruptSample as exc:
+                    reasons.append(str(exc))
                     continue
-        except (tarfile.TarError, OSError, EOFError):
+        except (UnverifiedShard, tarfile.TarError, OSError, EOFError) as exc:
+            reasons.append(str(exc))
             continue
-    raise RuntimeError("no readable sample to read the identity embedding size from")
+    first = f" (first: {reasons[0]})" if reasons else ""
+    raise RuntimeError(f"no readable sample in {len(urls)} shard(s){first}")
 
 
-def peek_id_dim(urls: list[str]) -> int:
+def peek_id_dim(urls: list[str], *, verify: bool = True) -> int:
     """The identity embedding size of the first readable sample (the model's input dim)."""
-    return int(peek_sample(urls).id_embed.shape[0])
+    return int(peek_sample(urls, verify=verify).id_embed.shape[0])

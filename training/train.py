@@ -87,15 +87,15 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
         torch.manual_seed(run.seed)  # identical adapter init on every rank
         self.urls = expand_shards(cfg.data.shards)
-        first = peek_sample(self.urls)
+        first = peek_sample(self.urls, verify=cfg.data.verify)
         id_dim = cfg.model.id_dim or int(first.id_embed.shape[0])
         # The builder models of the data (embedder above all), so generation can use the same.
         self.data_models = first.meta.get("models") or {}
 
-        base = load_base_models(cfg.model)
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
             run.mixed_precision, torch.float32
         )
+        base = load_base_models(cfg.model, dtype=self.weight_dtype)
         for module in (base.unet, base.text_encoder, base.image_encoder):
             module.to(acc.device, dtype=self.weight_dtype)
         base.vae.to(acc.device, dtype=torch.float32)
@@ -159,6 +159,8 @@ class Trainer:
             shuffle_buffer=cfg.data.shuffle_buffer,
             strict=cfg.data.strict,
             start_batch=self.global_step * run.gradient_accumulation_steps,
+            verify=cfg.data.verify,
+            id_norm_tolerance=cfg.data.id_norm_tolerance,
         )
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -244,6 +246,8 @@ class Trainer:
             disable=not acc.is_local_main_process,
         )
         metrics_file = self.output_dir / "metrics.jsonl"
+        if acc.is_main_process:
+            self._truncate_metrics(metrics_file)
         history: list[dict[str, Any]] = []
         sums = {"loss": 0.0, "predict_loss": 0.0, "facial_loss": 0.0}
         samples, micro, t0 = 0, 0, time.perf_counter()
@@ -280,6 +284,7 @@ class Trainer:
                 "epoch": int(batch.get("epoch", 0)),
                 "corrupt_samples": int(stats.get("corrupt_samples", 0)),
                 "corrupt_shards": int(stats.get("corrupt_shards", 0)),
+                "unverified_shards": int(stats.get("unverified_shards", 0)),
             }
             history.append(row)
             if acc.is_main_process:
@@ -300,6 +305,32 @@ class Trainer:
         progress.close()
         self._finish()
         return history
+
+    def _truncate_metrics(self, path: Path) -> None:
+        """Drop the rows of steps after the one this run starts from (a run that went on past
+        its last checkpoint, or an earlier run in the same folder), so that after a resume
+        metrics.jsonl holds exactly one row per step."""
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines()
+        kept = []
+        for line in lines:
+            try:
+                step = int(json.loads(line)["step"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line of a killed run
+            if step <= self.global_step:
+                kept.append(line)
+        if len(kept) == len(lines):
+            return
+        log.info(
+            "metrics.jsonl: %d row(s) past step %d dropped",
+            len(lines) - len(kept),
+            self.global_step,
+        )
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
 
     def _record_keys(self, keys: list[str]) -> None:
         folder = self.output_dir / "rank_outputs"
@@ -418,10 +449,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    from training.data import expand_shards
+
     args = build_parser().parse_args(argv)
-    config = config_with_overrides(
-        args.config, shards=args.shards, output_dir=args.output_dir, max_steps=args.max_steps
-    )
+    try:
+        config = config_with_overrides(
+            args.config, shards=args.shards, output_dir=args.output_dir, max_steps=args.max_steps
+        )
+        expand_shards(config.data.shards)  # a refused URL or no shard: a usage error, exit 2
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     run_training(config, resume=args.resume)
 
 

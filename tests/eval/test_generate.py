@@ -17,7 +17,7 @@ TINY_CONFIG = REPO / "training" / "configs" / "tiny.yaml"
 def tiny_run(shipped_photos: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny training run's output dir (checkpoint-2 + adapter/), from 4 real faces."""
     from fgid_builder.process import ImageProcessor
-    from fgid_builder.shards import write_shard
+    from fgid_builder.shards import shard_stats, write_shard, write_stats
     from training.train import config_with_overrides, run_training
 
     processor = ImageProcessor.default()
@@ -29,7 +29,9 @@ def tiny_run(shipped_photos: list[Path], tmp_path_factory: pytest.TempPathFactor
     if not members:
         pytest.skip("the builder found no face in the shipped photos")
     root = tmp_path_factory.mktemp("gen")
-    write_shard(root / "000000.tar", sorted(members, key=lambda m: m["__key__"]))
+    tar = write_shard(root / "000000.tar", sorted(members, key=lambda m: m["__key__"]))
+    # The commit record the training stream verifies the tar against.
+    write_stats(root / "000000.json", shard_stats(0, tar=tar, images=1, reject_reasons=[]))
     cfg = config_with_overrides(
         TINY_CONFIG, shards=str(root / "000000.tar"), output_dir=str(root / "run"), max_steps=2
     )

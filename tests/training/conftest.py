@@ -30,13 +30,19 @@ def build_samples(photos: list[Path]) -> list[dict]:
 
 
 def write_shards(members: list[dict], folder: Path, num_shards: int) -> list[Path]:
-    from fgid_builder.shards import write_shard
+    """`NNNNNN.tar` + its commit record `NNNNNN.json` (size, SHA-256), as `fgid build` does."""
+    from fgid_builder.shards import shard_stats, write_shard, write_stats
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for n in range(num_shards):
         path = folder / f"{n:06d}.tar"
-        write_shard(path, members[n::num_shards])
+        part = members[n::num_shards]
+        tar = write_shard(path, part)
+        write_stats(
+            folder / f"{n:06d}.json",
+            shard_stats(n, tar=tar, images=len(part), reject_reasons=[]),
+        )
         paths.append(path)
     return paths
 

@@ -192,18 +192,18 @@ def _corrupt_copy(src: Path, dst: Path) -> None:
 def test_corrupt_sample_and_shard_are_counted_or_fatal(
     fgid_shards: list[Path], tokenizer, tmp_path: Path
 ) -> None:
+    """Hand-made tars without commit records (verify off): decode errors are counted."""
     bad_sample = tmp_path / "bad-sample.tar"
     _corrupt_copy(fgid_shards[0], bad_sample)
     truncated = tmp_path / "truncated.tar"
     truncated.write_bytes(fgid_shards[1].read_bytes()[:3000])
     urls = [str(bad_sample), str(truncated), str(fgid_shards[2])]
-    s = FGIDStream(urls, make_transform(tokenizer), batch_size=1, shuffle_buffer=0, max_epochs=1)
+    kw = dict(batch_size=1, shuffle_buffer=0, max_epochs=1, verify=False)
+    s = FGIDStream(urls, make_transform(tokenizer), **kw)
     batches = list(s)
     assert s.stats["corrupt_samples"] >= 1 and s.stats["corrupt_shards"] == 1
     assert batches[-1]["stats"]["corrupt_shards"] == 1 and len(batches) >= 2
-    strict = FGIDStream(
-        urls, make_transform(tokenizer), batch_size=1, shuffle_buffer=0, max_epochs=1, strict=True
-    )
+    strict = FGIDStream(urls, make_transform(tokenizer), strict=True, **kw)
     with pytest.raises(CorruptSample):
         list(strict)
 
@@ -212,3 +212,137 @@ def test_json_fields_are_read(fgid_shards: list[Path]) -> None:
     raw = next(iter_shard(str(fgid_shards[0])))
     meta = json.loads(raw["json"])
     assert set(meta["captions"]["regions"]) == set(REGION_NAMES)
+
+
+# --- the stream trusts nothing it reads (issue 14, item 7) ---------------------------------
+
+
+def _copy_shards(fgid_shards: list[Path], dst: Path) -> list[Path]:
+    dst.mkdir()
+    for p in fgid_shards:
+        (dst / p.name).write_bytes(p.read_bytes())
+        (dst / p.with_suffix(".json").name).write_bytes(p.with_suffix(".json").read_bytes())
+    return sorted(dst.glob("*.tar"))
+
+
+def _rewrite_member(shard: Path, suffix: str, change) -> str:
+    """Replace the first member ending in `suffix` by change(bytes); returns its sample key."""
+    with tarfile.open(shard) as tin:
+        members = [(info, tin.extractfile(info).read()) for info in tin.getmembers()]
+    key = None
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tout:
+        for info, data in members:
+            if key is None and info.name.endswith(suffix):
+                data, key = change(data), info.name.split(".", 1)[0]
+            info.size = len(data)
+            tout.addfile(info, io.BytesIO(data))
+    assert key is not None
+    return key
+
+
+def _reencoded_jpeg(data: bytes) -> bytes:
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(data)).convert("RGB")
+    im.putpixel((10, 10), (255, 0, 0))
+    out = io.BytesIO()
+    im.save(out, format="JPEG", quality=80)
+    return out.getvalue()
+
+
+def test_altered_but_decodable_shard_is_skipped_and_counted(
+    fgid_shards: list[Path], tokenizer, tmp_path: Path
+) -> None:
+    shards = _copy_shards(fgid_shards, tmp_path / "ds")
+    urls = [str(p) for p in shards]
+    clean = FGIDStream(
+        urls, make_transform(tokenizer), batch_size=1, shuffle_buffer=0, max_epochs=1
+    )
+    everything = all_keys(clean, 10_000)
+    assert clean.stats["unverified_shards"] == 0
+    in_first = [k["__key__"] for k in iter_shard(urls[0])]
+    changed = _rewrite_member(shards[0], ".jpg", _reencoded_jpeg)  # still a valid JPEG
+    # Without the check it would train silently on it:
+    assert decode_image_ok(urls[0], changed)
+    s = FGIDStream(urls, make_transform(tokenizer), batch_size=1, shuffle_buffer=0, max_epochs=1)
+    keys = all_keys(s, 10_000)
+    assert s.stats["unverified_shards"] == 1
+    assert sorted(keys) == sorted(k for k in everything if k not in in_first)
+    with pytest.raises(CorruptSample):
+        list(FGIDStream(urls, make_transform(tokenizer), batch_size=1, max_epochs=1, strict=True))
+
+
+def decode_image_ok(url: str, key: str) -> bool:
+    from training.data import decode_sample
+
+    raws = [r for r in iter_shard(url, verify=False) if r["__key__"] == key]
+    return bool(raws) and decode_sample(raws[0]).image.size[0] > 0
+
+
+def test_missing_or_foreign_commit_record_is_refused(
+    fgid_shards: list[Path], tokenizer, tmp_path: Path
+) -> None:
+    from training.data import UnverifiedShard, peek_sample
+
+    shards = _copy_shards(fgid_shards, tmp_path / "ds")
+    shards[0].with_suffix(".json").unlink()
+    with pytest.raises(UnverifiedShard, match="no commit record"):
+        list(iter_shard(str(shards[0])))
+    # a record that describes another tar (right hash, other name) does not vouch for this one
+    record = json.loads(shards[2].with_suffix(".json").read_text())
+    shards[1].with_suffix(".json").write_text(json.dumps(record))
+    with pytest.raises(UnverifiedShard, match="another tar"):
+        list(iter_shard(str(shards[1])))
+    s = FGIDStream([str(p) for p in shards], make_transform(tokenizer), batch_size=1, max_epochs=1)
+    assert all_keys(s, 10_000) and s.stats["unverified_shards"] == 2
+    assert peek_sample([str(shards[0]), str(shards[3])]).key in {
+        r["__key__"] for r in iter_shard(str(shards[3]))
+    }
+    assert list(iter_shard(str(shards[0]), verify=False))  # data.verify: false reads it
+
+
+def _npy(values) -> bytes:
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(values, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "embedding",
+    [[1e30] * 128, [0.5] * 128, [float("nan")] + [0.0] * 127],
+    ids=["1e30", "off-norm", "nan"],
+)
+def test_bad_identity_embedding_is_refused(fgid_shards: list[Path], embedding) -> None:
+    from training.data import decode_sample
+
+    raw = next(iter_shard(str(fgid_shards[0])))
+    assert decode_sample(raw).key == raw["__key__"]
+    with pytest.raises(CorruptSample, match="identity embedding"):
+        decode_sample({**raw, "id.npy": _npy(embedding)})
+
+
+@pytest.mark.parametrize(
+    "spec", ["pipe:touch {marker}", "pipe:touch {marker} #.tar", "http://127.0.0.1:9/x.tar"]
+)
+def test_only_files_and_object_store_urls_are_read(
+    fgid_shards: list[Path], tokenizer, tmp_path: Path, spec: str
+) -> None:
+    from training.data import check_shard_url
+
+    marker = tmp_path / "ran"
+    spec = spec.format(marker=marker)
+    with pytest.raises(ValueError, match="refused shard URL"):
+        expand_shards(spec)
+    with pytest.raises(ValueError, match="refused shard URL"):
+        list(iter_shard(spec, verify=False))
+    with pytest.raises(ValueError, match="refused shard URL"):
+        FGIDStream([spec], make_transform(tokenizer), batch_size=1)
+    assert not marker.exists(), "no shell command ran"
+    local = str(fgid_shards[0])
+    for ok in (local, "file://" + local, "s3://bucket/shards/000000.tar", "gs://b/000001.tar"):
+        assert check_shard_url(ok) == ok
+    assert expand_shards("file://" + str(fgid_shards[0].parent / "*.tar")) == [
+        str(p) for p in fgid_shards
+    ]

@@ -25,9 +25,7 @@ def test_frozen_base_trains_the_adapter_only(tiny_config_path: Path) -> None:
     base, model = _model(tiny_config_path, train_unet=False)
     trainable = {id(p) for p in model.trainable_parameters()}
     processor_params = {id(p) for p in model.processors.parameters()}
-    base_params = [
-        p for n, p in base.unet.named_parameters() if id(p) not in processor_params
-    ]
+    base_params = [p for n, p in base.unet.named_parameters() if id(p) not in processor_params]
     assert base_params and not any(p.requires_grad for p in base_params)
     assert not trainable & {id(p) for p in base_params}
     assert processor_params <= trainable

@@ -159,6 +159,62 @@ def test_two_processes_read_different_samples_and_stay_in_sync(
     assert any(w0[k].abs().sum() > 0 for k in ups), "the (zero-initialised) LoRA has trained"
 
 
+def test_resume_after_steps_past_the_checkpoint_logs_each_step_once(
+    tiny_config_path: Path, fgid_shards: list[Path], tmp_path: Path
+) -> None:
+    """A run that went on past its last checkpoint (killed at step 5, checkpoint-3 on disk):
+    `--resume latest` redoes steps 4-5, and metrics.jsonl holds one row per step."""
+    import shutil
+
+    out = tmp_path / "run"
+    cfg = tiny_config(
+        tiny_config_path, fgid_shards, out, train__max_steps=5, train__checkpointing_steps=3
+    )
+    run_training(cfg)
+    shutil.rmtree(out / "checkpoint-5")  # as if killed before the step-5 checkpoint
+    cfg.train.max_steps = 6
+    run_training(cfg, resume="latest")
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_hostile_identity_embedding_is_skipped_not_a_nan_loss(
+    tiny_config_path: Path, face_samples: list[dict], tmp_path: Path
+) -> None:
+    """An `id.npy` of 1e30 in a committed shard: skipped and counted, the loss stays finite."""
+    import io
+    import math
+
+    import numpy as np
+
+    from tests.training.conftest import write_shards
+
+    buf = io.BytesIO()
+    np.save(buf, np.full(128, 1e30, dtype=np.float32), allow_pickle=False)
+    samples = [dict(m) for m in face_samples[:6]]
+    samples[0]["id.npy"] = buf.getvalue()
+    shards = write_shards(samples, tmp_path / "shards", 2)  # records match: built that way
+    cfg = tiny_config(
+        tiny_config_path, shards, tmp_path / "run", train__max_steps=4, data__batch_size=2
+    )
+    rows = run_training(cfg)  # 8 samples read: the bad one is met in the first epoch
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    assert rows[-1]["corrupt_samples"] == 1 and rows[-1]["unverified_shards"] == 0
+
+
+def test_train_refuses_a_pipe_url(
+    tiny_config_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from training.train import main
+
+    marker = tmp_path / "ran"
+    args = ["--config", str(tiny_config_path), "--shards", f"pipe:touch {marker}"]
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--output-dir", str(tmp_path / "run")])
+    assert exc.value.code == 2 and "refused shard URL" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "run").exists()
+
+
 # Overfitting is measured on the tiny config itself: its random base UNet trains with the adapter
 # (a frozen random UNet is no denoiser; the config's header has the frozen-base measurements).
 TINY = REPO / "training" / "configs" / "tiny.yaml"
