@@ -8,15 +8,17 @@ Everything the page shows lies beside it: PNG plots in `OUT/report/` and JPEG th
   label colours (schema.LABEL_COLORS), global + per-region captions, quality figures;
 - histograms: faces per photo, detection score, face size, yaw/pitch/roll, blur, caption
   lengths, region coverage;
-- rejects by reason, with example inputs (a thumbnail when the file can still be read; the
-  detector's box drawn for face-level rejects);
+- rejects by reason, with example inputs (a thumbnail when the input was planned as a
+  regular file, is one still, and still has the planned size and SHA-256; the detector's box
+  drawn for face-level rejects); no other input is ever opened, so a FIFO, a device or a
+  file over `--max-input-bytes` named by the input cannot stall or exhaust the report;
 - identity statistics over the first `max_identity` samples: agglomerative clustering (average
   linkage, cosine distance) at a per-embedder threshold, cluster sizes, the largest clusters,
   near-duplicate pairs (embedding cosine above a threshold, or a 64-bit difference hash of the
   portrait within 4 bits).
 
-Reads `OUT/index.parquet` (one row per sample and per reject) and the committed shards under
-`OUT/shards/`.
+Reads `OUT/index.parquet` (one row per sample and per reject), `OUT/plan.parquet` (where the
+planned inputs are) and the committed shards under `OUT/shards/`.
 """
 
 from __future__ import annotations
@@ -310,15 +312,39 @@ def _input_base(out: Path) -> str | None:
         return None
 
 
-def _reject_thumb(row: dict[str, Any], img_dir: Path, name: str, base: str | None) -> str | None:
-    """A thumbnail of a rejected input (box drawn for a face reject), if it can be read."""
-    from fgid_builder.io import decode_image
-    from fgid_builder.schema import ImageRejected
+def _planned_paths(out: Path) -> dict[str, str]:
+    """source uri -> the path the build planned to read it from (OUT/plan.parquet), only for
+    inputs the planner read as regular files (those with a SHA-256)."""
+    from pipelines.plan import read_plan, row_path
+
+    path = out / "plan.parquet"
+    if not path.is_file():
+        return {}
+    try:
+        rows = read_plan(path).to_pylist()
+    except (OSError, ValueError):
+        return {}
+    return {r["source_uri"]: row_path(r) for r in rows if r["source_sha256"]}
+
+
+def _reject_thumb(
+    row: dict[str, Any], img_dir: Path, name: str, base: str | None, planned: dict[str, str]
+) -> str | None:
+    """A thumbnail of a rejected input (box drawn for a face reject), if it can be read: only
+    an input the plan read as a regular file, read again safely (regular file, at most its
+    planned size) and shown only when its bytes still have the planned SHA-256."""
+    from fgid_builder.io import decode_image, read_input
+    from fgid_builder.schema import ImageRejected, sha256_bytes
     from pipelines.plan import resolve_path
 
     uri = row.get("source_uri") or ""
+    sha, size = row.get("source_sha256"), row.get("source_bytes")
+    if uri not in planned or not sha or not size:
+        return None
     try:
-        data = Path(resolve_path(uri, base)).read_bytes()
+        data = read_input(resolve_path(planned[uri], base), max_bytes=int(size))
+        if sha256_bytes(data) != sha:
+            return None
         rgb = decode_image(data).rgb
     except (OSError, ValueError, ImageRejected):
         return None
@@ -478,6 +504,7 @@ def _rejects_section(rows: list[dict[str, Any]], img_dir: Path, cfg: ReportConfi
     from eval import plots
 
     base = _input_base(img_dir.parent.parent)
+    planned = _planned_paths(img_dir.parent.parent)
     rejected = [r for r in rows if r["status"] != "ok"]
     by_reason: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rejected:
@@ -496,7 +523,7 @@ def _rejects_section(rows: list[dict[str, Any]], img_dir: Path, cfg: ReportConfi
         parts.append(f'<h3>{_e(reason)} ({len(items)})</h3><div class="rejects">')
         for n, r in enumerate(items[: cfg.reject_examples]):
             face = "" if r.get("face_index") is None else f"_f{r['face_index']}"
-            thumb = _reject_thumb(r, img_dir, f"reject_{reason}_{n}{face}.jpg", base)
+            thumb = _reject_thumb(r, img_dir, f"reject_{reason}_{n}{face}.jpg", base, planned)
             img = (
                 f'<img src="{thumb}" alt="{_e(reason)} example">'
                 if thumb

@@ -91,9 +91,13 @@ class Reason(str, Enum):
     EMPTY_FILE = "empty_file"
     NOT_AN_IMAGE = "not_an_image"
     TRUNCATED = "truncated"
-    TOO_LARGE = "too_large"  # over the pixel limit (decompression bomb guard)
+    TOO_LARGE = "too_large"  # over the pixel limit (bomb guard) or --max-input-bytes
     TOO_SMALL = "too_small"  # the whole image is under the minimum side
     UNREADABLE = "unreadable"  # I/O error, permission, symlink loop
+    NOT_A_FILE = "not_a_file"  # a FIFO, device, socket or folder where a file was expected
+    TIMEOUT = "timeout"  # reading the input took longer than --read-timeout
+    UNSUPPORTED_FORMAT = "unsupported_format"  # an image format Pillow here cannot decode
+    OUTSIDE_INPUT = "outside_input"  # a symlink out of INPUT (--follow-external-symlinks)
     DUPLICATE = "duplicate"  # same bytes as another input; its samples are recorded once
     NO_FACE = "no_face"
     TOO_MANY_FACES = "too_many_faces"

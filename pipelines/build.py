@@ -45,6 +45,7 @@ from typing import Any
 import click
 
 from fgid_builder.faces import DEFAULT_MAX_FACES, DEFAULT_MIN_FACE
+from fgid_builder.io import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_INPUT_BYTES, DEFAULT_READ_TIMEOUT
 from fgid_builder.registry import DEFAULTS, available
 from fgid_builder.schema import SCHEMA_VERSION, ModelFileError
 from fgid_builder.stage_resources import (
@@ -100,6 +101,12 @@ class BuildConfig:
     gpus: dict[str, float] = field(default_factory=dict)
     progress: bool = True
     report: bool = True  # write OUT/report/ (the QA report) at the end
+    # input safety (fgid_builder.io, pipelines.plan): bytes read per input, seconds per read,
+    # symlinks out of INPUT, folder entries one listing visits
+    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    follow_external_symlinks: bool = False
+    max_entries: int = DEFAULT_MAX_ENTRIES
     # per stage: batch size, actors, GPUs/CPUs per actor, backend options (`--stage-config`
     # YAML + `--{detector,parser,embedder,captioner}-{option,batch-size,gpus,concurrency}`)
     resources: StageResources = field(default_factory=StageResources)
@@ -119,6 +126,12 @@ class BuildConfig:
             raise BuildError("--min-face must be >= 1")
         if self.max_faces < 0:
             raise BuildError("--max-faces must be >= 0 (0 = no limit)")
+        if self.max_input_bytes < 1:
+            raise BuildError("--max-input-bytes must be >= 1")
+        if not self.read_timeout > 0:
+            raise BuildError("--read-timeout must be > 0")
+        if self.max_entries < 1:
+            raise BuildError("--max-entries must be >= 1")
         for stage, name in self.backends().items():
             if name not in available(stage):
                 raise BuildError(
@@ -173,6 +186,8 @@ class BuildConfig:
             "backend_options": self.backend_options(),
             "min_face": self.min_face,
             "max_faces": self.max_faces,
+            "max_input_bytes": self.max_input_bytes,
+            "follow_external_symlinks": self.follow_external_symlinks,
         }
 
 
@@ -438,11 +453,17 @@ def _demo_listing() -> list[Any]:
 
 
 def _list_for_plan(cfg: BuildConfig) -> list[Any]:
-    from pipelines.plan import list_inputs
+    from pipelines.plan import ListingError, list_inputs
 
     try:
-        return _demo_listing() if cfg.demo else list_inputs(cfg.input)
-    except FileNotFoundError as e:
+        if cfg.demo:
+            return _demo_listing()
+        return list_inputs(
+            cfg.input,
+            follow_external_symlinks=cfg.follow_external_symlinks,
+            max_entries=cfg.max_entries,
+        )
+    except (FileNotFoundError, ListingError) as e:
         raise BuildError(str(e)) from None
 
 
@@ -451,7 +472,14 @@ def _make_plan(cfg: BuildConfig, out: Path, listed: list[Any], threads: int):
     no Ray calls, and pipelines.plan was imported by the listing)."""
     from pipelines.plan import make_plan, write_plan
 
-    plan = make_plan(listed, shard_size=cfg.shard_size, threads=threads, base=cfg.input_base())
+    plan = make_plan(
+        listed,
+        shard_size=cfg.shard_size,
+        threads=threads,
+        base=cfg.input_base(),
+        max_bytes=cfg.max_input_bytes,
+        timeout=cfg.read_timeout,
+    )
     write_plan(out / PLAN, plan)
     return plan
 
@@ -611,7 +639,7 @@ def _plan_and_start_ray(
     shard sizes, the shards still to do and their images; Ray started when there is work.
 
     A resume reads its plan first and starts Ray only for uncommitted shards."""
-    from pipelines.plan import planned_images, read_plan, resolve_path, shard_sizes
+    from pipelines.plan import planned_images, read_plan, resolve_row, shard_sizes
 
     threads = max(2, cfg.workers or os.cpu_count() or 2)
     started = False
@@ -621,7 +649,10 @@ def _plan_and_start_ray(
         summary.seconds_plan = time.perf_counter() - t0
     else:
         listed = _list_for_plan(cfg)
-        if any(item.reason is None and _is_nonempty_file(item.path) for item in listed):
+        if any(
+            item.reason is None and _could_be_image(item.path, cfg.max_input_bytes)
+            for item in listed
+        ):
             t_hash = time.perf_counter()
             hashing = background.submit(_timed, _make_plan, cfg, out, listed, threads)
             summary.planned_while_ray_started = True
@@ -629,7 +660,7 @@ def _plan_and_start_ray(
             started = True
             plan, seconds_hash = hashing.result()
             summary.seconds_plan = (t_hash - t0) + seconds_hash
-        else:  # nothing that could be an image (only unreadable or empty files): no Ray
+        else:  # nothing that could be an image (unreadable, empty, too large...): no Ray
             plan = _make_plan(cfg, out, listed, threads)
             summary.seconds_plan = time.perf_counter() - t0
     sizes = shard_sizes(plan)
@@ -642,11 +673,7 @@ def _plan_and_start_ray(
         log.info("skipping %d committed shards", summary.shards_skipped)
     todo_set = set(todo)
     base = cfg.input_base()
-    images = [
-        dict(r, path=resolve_path(r["path"], base))
-        for r in planned_images(plan)
-        if r["shard"] in todo_set
-    ]
+    images = [resolve_row(r, base) for r in planned_images(plan) if r["shard"] in todo_set]
     if images:
         _check_inputs_present(cfg, images)
         if not started:
@@ -654,11 +681,15 @@ def _plan_and_start_ray(
     return plan, sizes, todo, images
 
 
-def _is_nonempty_file(path: str) -> bool:
+def _could_be_image(path: str, max_bytes: int) -> bool:
+    """A regular file of 1..max_bytes bytes (a stat, nothing opened)."""
+    import stat
+
     try:
-        return os.path.getsize(path) > 0
+        st = os.stat(path)
     except OSError:
         return False
+    return stat.S_ISREG(st.st_mode) and 0 < st.st_size <= max_bytes
 
 
 def _timed(fn, *args: Any) -> tuple[Any, float]:
@@ -710,7 +741,9 @@ def _write_report(out: Path) -> tuple[str | None, str | None]:
 def _check_inputs_present(cfg: BuildConfig, images: list[dict[str, Any]]) -> None:
     """A resume reads the plan's paths under this run's INPUT: an INPUT that lacks them is a
     mistake to stop at (not a shard of `unreadable` rejects)."""
-    missing = [r for r in images if not os.path.exists(r["path"])]
+    from pipelines.plan import row_path
+
+    missing = [r for r in images if not os.path.exists(row_path(r))]
     if missing and len(missing) == len(images):
         raise BuildError(
             f"none of the {len(images)} planned inputs still to process is under "
@@ -844,6 +877,33 @@ def _parse_stage_values(opt: str, values: Sequence[str], cast) -> dict[str, Any]
 )
 @click.option(
     "--progress/--no-progress", default=True, show_default=True, help="Progress bars on stderr."
+)
+@click.option(
+    "--max-input-bytes",
+    type=int,
+    default=DEFAULT_MAX_INPUT_BYTES,
+    show_default=True,
+    help="An input file larger than this is a `too_large` reject, never read.",
+)
+@click.option(
+    "--read-timeout",
+    type=float,
+    default=DEFAULT_READ_TIMEOUT,
+    show_default=True,
+    help="Seconds reading one input may take; slower is a `timeout` reject.",
+)
+@click.option(
+    "--follow-external-symlinks",
+    is_flag=True,
+    help="Follow symlinks under INPUT that lead out of it (by default they are "
+    "`outside_input` rejects, not followed).",
+)
+@click.option(
+    "--max-entries",
+    type=int,
+    default=DEFAULT_MAX_ENTRIES,
+    show_default=True,
+    help="Refuse (exit 2) an INPUT folder or list file with more entries than this.",
 )
 @click.option(
     "--report/--no-report",

@@ -6,6 +6,13 @@ never depends on timing or on the number of workers. It holds no machine-specifi
 `path` column is relative to the input's base (the INPUT folder, or a list file's folder), a
 `pkg://PACKAGE/FILE` uri for package-shipped photos, and absolute only where a list file says
 so; `resolve_path` turns it back into where this run reads the file.
+
+Listing is bounded and stays inside INPUT: a symlink whose target lies outside INPUT is an
+`outside_input` row unless `follow_external_symlinks`; a walk visits at most `max_entries`
+folder entries (more is a `ListingError`) and `max_depth` folder levels (deeper folders are
+`unreadable` rows). A FIFO, device or socket with an image suffix is a `not_a_file` row, never
+opened. A file name is any byte sequence: a name that is not UTF-8 gets a uri with its bad
+bytes (and any `%`) percent-escaped, and the plan keeps its raw bytes in `path_bytes`.
 """
 
 from __future__ import annotations
@@ -26,16 +33,28 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fgid_builder.index import reject_row
-from fgid_builder.schema import Reason
+from fgid_builder.io import (
+    DEFAULT_MAX_ENTRIES,
+    DEFAULT_MAX_INPUT_BYTES,
+    DEFAULT_READ_TIMEOUT,
+    check_regular,
+    iter_input,
+    read_input,
+)
+from fgid_builder.schema import ImageRejected, Reason
 from fgid_builder.shards import atomic_write_bytes, shard_name
 
 log = logging.getLogger(__name__)
 
 # Files under an input folder are taken when their suffix says image; anything else is skipped
-# (and counted). A list file's entries are taken as given, whatever their suffix.
+# (counted and logged). A list file's entries are taken as given, whatever their suffix. Image
+# suffixes that Pillow may not decode (AVIF, HEIC/HEIF, JPEG XL, JPEG 2000) are listed too:
+# they become `unsupported_format` rows instead of vanishing.
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif"}
+    | {".avif", ".heic", ".heif", ".jxl", ".jp2", ".j2k"}
 )
+DEFAULT_MAX_DEPTH = 64  # folder levels under INPUT
 PKG_SCHEME = "pkg://"
 PLANNED = "planned"
 REJECTED = "rejected"
@@ -53,8 +72,44 @@ PLAN_SCHEMA = pa.schema(
         pa.field("source_bytes", pa.int64()),
         pa.field("duplicate_of", pa.string()),  # key prefix of the copy that is kept
         pa.field("shard", pa.string()),  # "000042" for planned images
+        # the raw bytes of `path` when it is not UTF-8 (then `path`/`source_uri` are escaped)
+        pa.field("path_bytes", pa.binary()),
     ]
 )
+
+
+class ListingError(ValueError):
+    """INPUT cannot be listed as asked (too many entries): one line for the CLI (exit 2)."""
+
+
+def escape_name(name: str) -> str:
+    """`name` as stored in a uri: unchanged when it is UTF-8; otherwise (a name read with
+    `surrogateescape`) each byte that is not UTF-8 becomes `%XX` and each `%` becomes `%25`, so
+    the uri is valid text and `unescape_name` gives the bytes back."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    out = []
+    for ch in name:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # surrogateescape's stand-in for the byte code - 0xDC00
+            out.append(f"%{code - 0xDC00:02X}")
+        elif ch == "%":
+            out.append("%25")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def raw_path(path: str) -> bytes | None:
+    """The file system bytes of `path` when it is not UTF-8 text (for `path_bytes`), else None."""
+    try:
+        path.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        return os.fsencode(path)
 
 
 @dataclass(frozen=True)
@@ -73,27 +128,54 @@ def _abs(path: str | os.PathLike) -> str:
     return os.path.abspath(os.fspath(path))
 
 
-def walk_folder(root: str | os.PathLike) -> tuple[list[Listed], int]:
-    """Image files under `root`, recursively, following symlinks but never around a loop.
+def _inside(path: str, root_real: str) -> bool:
+    real = os.path.realpath(path)
+    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
 
-    Returns the listed entries (a symlink loop or dangling link is an UNREADABLE entry, not a
-    hang) and the number of files skipped for not having an image suffix."""
+
+def walk_folder(
+    root: str | os.PathLike,
+    *,
+    follow_external_symlinks: bool = False,
+    max_entries: int = DEFAULT_MAX_ENTRIES,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+) -> tuple[list[Listed], int]:
+    """Image files under `root`, recursively, following symlinks inside `root` but never around
+    a loop, and out of it only with `follow_external_symlinks`.
+
+    Returns the listed entries (a symlink loop, a dangling link, a link out of `root`, a FIFO or
+    device with an image suffix, a folder deeper than `max_depth` are entries with a reason, not
+    a hang) and the number of files skipped for not having an image suffix. More than
+    `max_entries` folder entries visited is a `ListingError`."""
     out: list[Listed] = []
     skipped = 0
+    visited = 0
     root = os.fspath(root)
+    root_real = os.path.realpath(root)
 
     def listed(path: str, reason: Reason | None = None, detail: str = "") -> Listed:
-        uri = Path(os.path.relpath(path, root)).as_posix()
+        uri = escape_name(Path(os.path.relpath(path, root)).as_posix())
         return Listed(uri, _abs(path), reason, detail)
 
-    def visit(folder: str, ancestors: frozenset[tuple[int, int]]) -> None:
-        nonlocal skipped
+    def visit(folder: str, ancestors: frozenset[tuple[int, int]], depth: int) -> None:
+        nonlocal skipped, visited
+        if depth > max_depth:
+            out.append(listed(folder, Reason.UNREADABLE, f"deeper than {max_depth} folders"))
+            return
         try:
             with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda e: e.name)
+                entries = []
+                for entry in it:
+                    visited += 1
+                    if visited > max_entries:
+                        raise ListingError(
+                            f"INPUT has more than {max_entries} entries (--max-entries)"
+                        )
+                    entries.append(entry)
         except OSError as e:
-            out.append(listed(folder, Reason.UNREADABLE, f"cannot list folder: {e}"))
+            out.append(listed(folder, Reason.UNREADABLE, f"cannot list folder: {e.strerror}"))
             return
+        entries.sort(key=lambda e: os.fsencode(e.name))
         for entry in entries:
             path = entry.path
             try:
@@ -107,6 +189,21 @@ def walk_folder(root: str | os.PathLike) -> tuple[list[Listed], int]:
                     detail = f"cannot stat: {e.strerror}"
                 out.append(listed(path, Reason.UNREADABLE, detail))
                 continue
+            is_image = Path(entry.name).suffix.lower() in IMAGE_SUFFIXES
+            if (
+                entry.is_symlink()
+                and not follow_external_symlinks
+                and (stat.S_ISDIR(st.st_mode) or is_image)
+                and not _inside(path, root_real)
+            ):
+                out.append(
+                    listed(
+                        path,
+                        Reason.OUTSIDE_INPUT,
+                        "symlink to outside INPUT, not followed (--follow-external-symlinks)",
+                    )
+                )
+                continue
             if stat.S_ISDIR(st.st_mode):
                 ident = (st.st_dev, st.st_ino)
                 if ident in ancestors:
@@ -114,70 +211,96 @@ def walk_folder(root: str | os.PathLike) -> tuple[list[Listed], int]:
                         listed(path, Reason.UNREADABLE, "symlink loop (folder links to itself)")
                     )
                     continue
-                visit(path, ancestors | {ident})
+                visit(path, ancestors | {ident}, depth + 1)
+            elif not is_image:
+                skipped += 1
             elif stat.S_ISREG(st.st_mode):
-                if Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
-                    out.append(listed(path))
-                else:
-                    skipped += 1
-            else:
-                skipped += 1  # fifos, sockets, devices: never opened
+                out.append(listed(path))
+            else:  # fifos, sockets, devices: never opened
+                try:
+                    check_regular(st, None)
+                except ImageRejected as e:
+                    out.append(listed(path, e.reason, e.detail))
 
     st = os.stat(root)
-    visit(root, frozenset({(st.st_dev, st.st_ino)}))
+    visit(root, frozenset({(st.st_dev, st.st_ino)}), 0)
     return out, skipped
 
 
-def read_list_file(path: str | os.PathLike) -> list[Listed]:
+def read_list_file(
+    path: str | os.PathLike, *, max_entries: int = DEFAULT_MAX_ENTRIES
+) -> list[Listed]:
     """A text file of paths, one a line (blank lines and `#` comments skipped); relative paths
-    are relative to the list file's folder."""
+    are relative to the list file's folder. Lines are file system bytes (any encoding; a name
+    that is not UTF-8 gets an escaped uri); a list file is read only when it is a regular file,
+    and more than `max_entries` paths is a `ListingError`."""
     base = Path(path).resolve().parent
     out: list[Listed] = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        line = line.strip()
+    try:
+        data = read_input(path, max_bytes=None)
+    except ImageRejected as e:
+        raise ListingError(f"cannot read the list file {path}: {e.detail}") from None
+    for raw in data.splitlines():
+        line = os.fsdecode(raw.strip())
         if not line or line.startswith("#"):
             continue
+        if len(out) >= max_entries:
+            raise ListingError(f"the list file names more than {max_entries} paths (--max-entries)")
         p = Path(line).expanduser()
-        out.append(Listed(line, _abs(p if p.is_absolute() else base / p)))
+        out.append(Listed(escape_name(line), _abs(p if p.is_absolute() else base / p)))
     return out
 
 
-def list_inputs(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Listed]:
+def list_inputs(
+    source: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    follow_external_symlinks: bool = False,
+    max_entries: int = DEFAULT_MAX_ENTRIES,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+) -> list[Listed]:
     """A folder, a list file, or an explicit sequence of paths -> listed inputs, sorted by uri.
 
-    The same uri listed twice is kept once (it is the same input, not a copy)."""
+    The same uri listed twice is kept once (it is the same input, not a copy). A list file
+    names its inputs explicitly: its entries are read wherever they are (no INPUT to leave)."""
     if isinstance(source, str | os.PathLike):
         src = Path(source)
         if src.is_dir():
-            listed, skipped = walk_folder(src)
+            listed, skipped = walk_folder(
+                src,
+                follow_external_symlinks=follow_external_symlinks,
+                max_entries=max_entries,
+                max_depth=max_depth,
+            )
             if skipped:
                 log.info("skipped %d files without an image suffix under %s", skipped, src)
-        elif src.is_file():
-            listed = read_list_file(src)
+        elif src.exists():
+            listed = read_list_file(src, max_entries=max_entries)
         else:
             raise FileNotFoundError(f"input not found: {src} (a folder or a text file of paths)")
     else:
-        listed = [Listed(_abs(p), _abs(p)) for p in source]
+        listed = [Listed(escape_name(_abs(p)), _abs(p)) for p in source]
     unique: dict[str, Listed] = {}
     for item in listed:
         unique.setdefault(item.uri, item)
     return [unique[u] for u in sorted(unique)]
 
 
-def hash_file(path: str) -> tuple[str | None, int | None, Reason | None, str]:
-    """(sha256, size, None, "") or (None, None, reason, detail) when the file cannot be read."""
+def hash_file(
+    path: str,
+    *,
+    max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES,
+    timeout: float | None = DEFAULT_READ_TIMEOUT,
+) -> tuple[str | None, int | None, Reason | None, str]:
+    """(sha256, size, None, "") or (None, None, reason, detail) when the file cannot be read:
+    not a regular file (never opened blocking), over `max_bytes`, slower than `timeout`."""
+    h = hashlib.sha256()
+    size = 0
     try:
-        h = hashlib.sha256()
-        size = 0
-        with open(path, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                return None, None, Reason.UNREADABLE, "not a regular file"
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-                size += len(chunk)
-    except OSError as e:
-        detail = "symlink loop" if e.errno == errno.ELOOP else f"{type(e).__name__}: {e.strerror}"
-        return None, None, Reason.UNREADABLE, detail
+        for chunk in iter_input(path, max_bytes=max_bytes, timeout=timeout):
+            h.update(chunk)
+            size += len(chunk)
+    except ImageRejected as e:
+        return None, None, e.reason, e.detail
     return h.hexdigest(), size, None, ""
 
 
@@ -211,7 +334,8 @@ def _package_dir(package: str) -> Path | None:
 
 
 def plan_path(item: Listed, base: str | None) -> str:
-    """What the plan records for where `item` is read (see the module docstring)."""
+    """What the plan records for where `item` is read (see the module docstring); may hold
+    surrogate-escaped bytes (a name that is not UTF-8): `plan_path_columns` stores it."""
     if item.uri.startswith(PKG_SCHEME):
         return item.uri
     if base is not None:
@@ -219,6 +343,25 @@ def plan_path(item: Listed, base: str | None) -> str:
         if not rel.startswith(os.pardir + os.sep) and rel != os.pardir:
             return Path(rel).as_posix()
     return item.path
+
+
+def plan_path_columns(path: str) -> dict[str, Any]:
+    """`path` (and `path_bytes` when it is not UTF-8) as the plan stores them."""
+    raw = raw_path(path)
+    return {"path": escape_name(path) if raw is not None else path, "path_bytes": raw}
+
+
+def row_path(row: dict[str, Any]) -> str:
+    """A plan row's `path` as a str the OS opens (`path_bytes` decoded when present)."""
+    raw = row.get("path_bytes")
+    return os.fsdecode(raw) if raw is not None else row["path"]
+
+
+def resolve_row(row: dict[str, Any], base: str | None) -> dict[str, Any]:
+    """A plan row with `path` resolved for this machine (`resolve_path`); a path that is not
+    UTF-8 keeps an escaped `path` for display and its raw resolved bytes in `path_bytes`."""
+    resolved = resolve_path(row_path(row), base)
+    return dict(row, **plan_path_columns(resolved))
 
 
 def resolve_path(path: str, base: str | None) -> str:
@@ -235,17 +378,28 @@ def resolve_path(path: str, base: str | None) -> str:
 
 
 def make_plan(
-    listed: Sequence[Listed], *, shard_size: int, threads: int = 4, base: str | None = None
+    listed: Sequence[Listed],
+    *,
+    shard_size: int,
+    threads: int = 4,
+    base: str | None = None,
+    max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES,
+    timeout: float | None = DEFAULT_READ_TIMEOUT,
 ) -> pa.Table:
     """Hash every input (threads: hashing and reads release the GIL), keep the first path of each
     content, and cut the unique images into shards of `shard_size` in input order. `base`: the
-    folder the `path` column is made relative to (`input_base(INPUT)`)."""
+    folder the `path` column is made relative to (`input_base(INPUT)`). Inputs over `max_bytes`
+    or slower to read than `timeout` are rejects."""
     if shard_size < 1:
         raise ValueError("shard_size must be >= 1")
     to_hash = [i for i, item in enumerate(listed) if item.reason is None]
+
+    def hash_one(path: str) -> tuple[str | None, int | None, Reason | None, str]:
+        return hash_file(path, max_bytes=max_bytes, timeout=timeout)
+
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         hashed = dict(
-            zip(to_hash, pool.map(hash_file, [listed[i].path for i in to_hash]), strict=True)
+            zip(to_hash, pool.map(hash_one, [listed[i].path for i in to_hash]), strict=True)
         )
     rows: list[dict[str, Any]] = []
     first_by_sha: dict[str, str] = {}
@@ -253,7 +407,7 @@ def make_plan(
         row: dict[str, Any] = {
             "order": order,
             "source_uri": item.uri,
-            "path": plan_path(item, base),
+            **plan_path_columns(plan_path(item, base)),
             "status": REJECTED,
         }
         if item.reason is not None:
@@ -309,7 +463,12 @@ def write_plan(path: str | os.PathLike, plan: pa.Table) -> None:
 
 
 def read_plan(path: str | os.PathLike) -> pa.Table:
-    return pq.read_table(path, schema=PLAN_SCHEMA)
+    table = pq.read_table(path)
+    if "path_bytes" not in table.column_names:  # a plan written before names could be bytes
+        table = table.append_column(
+            PLAN_SCHEMA.field("path_bytes"), pa.nulls(table.num_rows, pa.binary())
+        )
+    return table.select(PLAN_SCHEMA.names).cast(PLAN_SCHEMA)
 
 
 def planned_images(plan: pa.Table) -> list[dict[str, Any]]:

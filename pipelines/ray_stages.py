@@ -41,6 +41,7 @@ INPUT_SCHEMA = pa.schema(
         ("shard", pa.string()),
         ("source_uri", pa.string()),
         ("path", pa.string()),
+        ("path_bytes", pa.binary()),  # raw bytes of a path that is not UTF-8, else null
         ("source_sha256", pa.string()),
         ("source_bytes", pa.int64()),
     ]
@@ -70,6 +71,8 @@ class StageSettings:
     max_faces: int = DEFAULT_MAX_FACES
     # stage -> backend constructor kwargs (`--captioner-option model=...`, YAML `options:`)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    max_input_bytes: int | None = None  # None: fgid_builder.io's default
+    read_timeout: float | None = None  # None: fgid_builder.io's default
 
 
 def backend_targets(backends: dict[str, str]) -> dict[str, str]:
@@ -170,12 +173,23 @@ class DetectStage:
     def _decode(self, row: dict[str, Any]):
         """The row's `data` (input bytes carried in the row, as `fgid stage` does) when present,
         else the file at `path`; checked against the planned hash either way."""
-        from fgid_builder.io import decode_image, read_input
+        from fgid_builder.io import (
+            DEFAULT_MAX_INPUT_BYTES,
+            DEFAULT_READ_TIMEOUT,
+            decode_image,
+            read_input,
+        )
         from fgid_builder.schema import sha256_bytes
+        from pipelines.plan import row_path
 
         data = row.get("data")
         if data is None:
-            data = read_input(row["path"])
+            s = self.settings
+            data = read_input(
+                row_path(row),
+                max_bytes=s.max_input_bytes or DEFAULT_MAX_INPUT_BYTES,
+                timeout=s.read_timeout or DEFAULT_READ_TIMEOUT,
+            )
             if sha256_bytes(data) != row["source_sha256"]:
                 raise ImageRejected(Reason.ERROR, "the file changed since it was planned")
         elif sha256_bytes(data) != row["source_sha256"]:
@@ -480,8 +494,10 @@ def build_dataset(images: list[dict[str, Any]], cfg: Any, *, workers: int):
         min_face=cfg.min_face,
         max_faces=cfg.max_faces,
         options=cfg.backend_options(),
+        max_input_bytes=cfg.max_input_bytes,
+        read_timeout=cfg.read_timeout,
     )
-    items = [{k: r[k] for k in INPUT_SCHEMA.names} for r in images]
+    items = [{k: r.get(k) for k in INPUT_SCHEMA.names} for r in images]
     # Blocks of about `batch_size` images, fewer when there are fewer images than that per
     # worker, so every actor gets work. (Block boundaries never change the output: rows are
     # sorted.) `from_items` builds the blocks in the driver: no metadata task per block.

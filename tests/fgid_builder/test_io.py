@@ -58,7 +58,7 @@ def test_unreadable_path_keeps_cause(tmp_path):
     assert "FileNotFoundError" in exc.value.detail
     with pytest.raises(ImageRejected) as exc:
         read_input(tmp_path)  # a directory
-    assert exc.value.reason == Reason.UNREADABLE
+    assert exc.value.reason == Reason.NOT_A_FILE
 
 
 def test_cmyk_jpeg_to_rgb():
@@ -136,3 +136,112 @@ def test_too_large_from_header_before_decoding():
 
 def test_too_small():
     assert _reject(_bytes(_gradient(40, 30), "PNG")).reason == Reason.TOO_SMALL
+
+
+# --------------------------------------------------------------------------- safe reading
+
+
+def _within(seconds: float, fn, *args, **kwargs):
+    """fn(*args) in a daemon thread: its result, or a failure when it blocks past `seconds`
+    (a read blocked on a FIFO would otherwise hang the test for ever)."""
+    import threading
+
+    got: dict = {}
+
+    def run():
+        try:
+            got["value"] = fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            got["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"{fn.__name__} blocked for more than {seconds} s"
+    if "error" in got:
+        raise got["error"]
+    return got["value"]
+
+
+def _read_reject(path, **kw) -> ImageRejected:
+    with pytest.raises(ImageRejected) as exc:
+        _within(10, read_input, path, **kw)
+    return exc.value
+
+
+def test_a_fifo_is_not_a_file_and_never_blocks(tmp_path):
+    import os
+
+    fifo = tmp_path / "x.jpg"
+    os.mkfifo(fifo)
+    e = _read_reject(fifo)
+    assert e.reason == Reason.NOT_A_FILE and "FIFO" in e.detail
+
+
+def test_devices_and_folders_are_not_files(tmp_path):
+    e = _read_reject("/dev/zero")
+    assert e.reason == Reason.NOT_A_FILE and "character device" in e.detail
+    assert _read_reject(tmp_path).reason == Reason.NOT_A_FILE
+
+
+def test_a_socket_is_not_a_file(tmp_path):
+    import socket
+
+    path = tmp_path / "s.jpg"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+        e = _read_reject(path)
+    assert e.reason == Reason.NOT_A_FILE and "socket" in e.detail
+
+
+def test_size_cap_rejects_a_sparse_giant_without_reading_it(tmp_path):
+    """A 1.5 GB sparse x.jpg: TOO_LARGE at once, nothing read (the peak RSS of whole builds is
+    asserted in tests/pipelines/test_hostile_inputs.py)."""
+    import time
+
+    big = tmp_path / "x.jpg"
+    with open(big, "wb") as f:
+        f.truncate(1536 << 20)
+    t = time.perf_counter()
+    e = _read_reject(big)
+    assert e.reason == Reason.TOO_LARGE and "--max-input-bytes" in e.detail
+    assert time.perf_counter() - t < 1.0
+    small = tmp_path / "s.jpg"
+    small.write_bytes(b"x" * 1000)
+    assert read_input(small, max_bytes=1000) == b"x" * 1000
+    assert _read_reject(small, max_bytes=999).reason == Reason.TOO_LARGE
+
+
+def test_read_time_limit(tmp_path):
+    """The deadline is checked between chunks: a zero timeout stops after the first one."""
+    from fgid_builder.io import iter_input
+
+    p = tmp_path / "slow.jpg"
+    p.write_bytes(b"y" * 10_000)
+    with pytest.raises(ImageRejected) as exc:
+        list(iter_input(p, timeout=0.0, chunk=1000))
+    assert exc.value.reason == Reason.TIMEOUT and "--read-timeout" in exc.value.detail
+    assert read_input(p, timeout=30) == b"y" * 10_000
+
+
+def test_heic_is_unsupported_format_and_avif_decodes_where_pillow_can():
+    """A HEIC file (an ISO-BMFF `ftyp` box with the HEIC brand, then data: all Pillow looks at
+    before it gives up) is `unsupported_format` unless a HEIF plug-in is installed; AVIF is
+    decoded when this Pillow has AVIF (else `unsupported_format` too)."""
+    from PIL import Image as PILImage
+    from PIL import features
+
+    PILImage.init()
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(200)
+    if "HEIF" in PILImage.OPEN:
+        pytest.skip("a HEIF plug-in is installed here")
+    e = _reject(heic)
+    assert e.reason == Reason.UNSUPPORTED_FORMAT and "HEIF" in e.detail
+    if features.check("avif"):
+        d = decode_image(_bytes(_gradient(), "AVIF"))
+        assert d.format == "AVIF" and d.rgb.shape == (80, 96, 3)
+        junk = b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + bytes(200)
+        assert _reject(junk).reason == Reason.NOT_AN_IMAGE  # a corrupt AVIF, not unsupported
+    else:
+        avif = b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + bytes(200)
+        assert _reject(avif).reason == Reason.UNSUPPORTED_FORMAT

@@ -129,3 +129,137 @@ def test_assign_shards_is_the_plan_rule(tree):
     assert sorted(set(got.values())) == ["000000", "000001"]
     with pytest.raises(ValueError):
         assign_shards([1], 0)
+
+
+# --------------------------------------------------------------------------- hostile listings
+
+
+def _within(seconds, fn, *args, **kwargs):
+    from tests.fgid_builder.test_io import _within as within
+
+    return within(seconds, fn, *args, **kwargs)
+
+
+def test_a_symlink_to_root_is_a_reject_row_not_a_walk_of_everything(tmp_path):
+    import time
+
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.jpg").write_bytes(b"img a")
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(b"img outside")
+    os.symlink("/", root / "sub" / "slash")
+    os.symlink(outside, root / "out.jpg")
+    os.symlink("a.jpg", root / "inside.jpg")  # stays in INPUT: followed
+    t = time.perf_counter()
+    listed = _within(30, list_inputs, root)
+    assert time.perf_counter() - t < 5
+    reasons = {i.uri: (i.reason and i.reason.value) for i in listed}
+    assert reasons == {
+        "a.jpg": None,
+        "inside.jpg": None,
+        "out.jpg": "outside_input",
+        "sub/slash": "outside_input",
+    }
+    # asked to follow: the outside file is read; the walk stays bounded by --max-entries
+    followed = {i.uri: i.reason for i in list_inputs(tmp_path / "in", follow_external_symlinks=True,
+                                                     max_depth=0)}  # fmt: skip
+    assert followed["out.jpg"] is None
+    from pipelines.plan import ListingError
+
+    with pytest.raises(ListingError, match="more than 50 entries"):
+        _within(30, list_inputs, root, follow_external_symlinks=True, max_entries=50)
+
+
+def test_a_fifo_in_the_folder_or_list_is_a_not_a_file_row(tmp_path):
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "a.jpg").write_bytes(b"img a")
+    os.mkfifo(root / "pipe.jpg")
+    os.mkfifo(root / "pipe.txt")  # no image suffix: skipped like any other non-image
+    plan = _within(30, make_plan, list_inputs(root), shard_size=2)
+    got = {r["source_uri"]: (r["reason"], r["detail"]) for r in plan.to_pylist()}
+    assert set(got) == {"a.jpg", "pipe.jpg"}
+    assert got["pipe.jpg"][0] == "not_a_file" and "FIFO" in got["pipe.jpg"][1]
+    # named in a list file (the listing cannot tell): the hashing never blocks on it
+    lst = tmp_path / "list.txt"
+    lst.write_text("in/pipe.jpg\n/dev/zero\nin/a.jpg\n")
+    plan = _within(30, make_plan, list_inputs(lst), shard_size=2)
+    got = {r["source_uri"]: r["reason"] for r in plan.to_pylist()}
+    assert got == {"in/pipe.jpg": "not_a_file", "/dev/zero": "not_a_file", "in/a.jpg": None}
+
+
+def test_a_file_swapped_for_a_fifo_after_planning_is_a_reject_for_the_worker(tmp_path):
+    from fgid_builder.io import read_input
+    from fgid_builder.schema import ImageRejected
+    from pipelines.plan import resolve_row
+
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "a.jpg").write_bytes(b"img a")
+    plan = make_plan(list_inputs(root), shard_size=2, base=input_base(root))
+    (root / "a.jpg").unlink()
+    os.mkfifo(root / "a.jpg")
+    (row,) = planned_images(plan)
+    with pytest.raises(ImageRejected) as exc:
+        _within(10, read_input, resolve_row(row, input_base(root))["path"])
+    assert exc.value.reason is Reason.NOT_A_FILE
+
+
+def test_any_bytes_as_a_file_name(tmp_path):
+    """b'caf\\xe9.jpg' (Latin-1, not UTF-8): listed, planned, stored with an escaped uri and its
+    raw bytes, read back; also when a list file names it."""
+    from pipelines.plan import read_plan, resolve_row, row_path, write_plan
+
+    root = tmp_path / "in"
+    root.mkdir()
+    raw = os.fsencode(root) + b"/caf\xe9.jpg"
+    with open(raw, "wb") as f:
+        f.write(b"latin-1 name")
+    with open(os.fsencode(root) + b"/100%.jpg", "wb") as f:
+        f.write(b"a percent sign")
+    plan = make_plan(list_inputs(root), shard_size=2, base=input_base(root))
+    write_plan(tmp_path / "plan.parquet", plan)
+    rows = {r["source_uri"]: r for r in read_plan(tmp_path / "plan.parquet").to_pylist()}
+    assert set(rows) == {"caf%E9.jpg", "100%.jpg"}  # a UTF-8 name is kept as it is
+    row = rows["caf%E9.jpg"]
+    assert row["status"] == "planned" and row["path"] == "caf%E9.jpg"
+    assert row["path_bytes"] == b"caf\xe9.jpg" and rows["100%.jpg"]["path_bytes"] is None
+    resolved = resolve_row(row, input_base(root))
+    assert resolved["path_bytes"] == raw
+    assert open(row_path(resolved), "rb").read() == b"latin-1 name"
+    lst = tmp_path / "list.txt"
+    lst.write_bytes(b"in/caf\xe9.jpg\nin/100%.jpg\n")
+    rows = {r["source_uri"]: r for r in make_plan(list_inputs(lst), shard_size=2).to_pylist()}
+    assert rows["in/caf%E9.jpg"]["status"] == "planned"
+    assert rows["in/caf%E9.jpg"]["source_sha256"] == row["source_sha256"]
+
+
+def test_escaped_names_are_lossless():
+    from pipelines.plan import escape_name
+
+    for raw in (b"caf\xe9%41.jpg", b"\xff\xfe%", b"%E9", "ü.jpg".encode()):
+        name = os.fsdecode(raw)
+        esc = escape_name(name)
+        esc.encode("utf-8")  # always valid text
+        if raw != "ü.jpg".encode() and raw != b"%E9":
+            back = bytearray()
+            i = 0
+            while i < len(esc):  # %XX -> the byte, the rest as UTF-8
+                if esc[i] == "%":
+                    back.append(int(esc[i + 1 : i + 3], 16))
+                    i += 3
+                else:
+                    back += esc[i].encode()
+                    i += 1
+            assert bytes(back) == raw
+        else:
+            assert esc == name
+
+
+def test_image_suffixes_pillow_cannot_decode_are_listed(tmp_path):
+    root = tmp_path / "in"
+    root.mkdir()
+    for name in ("a.heic", "b.avif", "c.HEIF", "d.jxl"):
+        (root / name).write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(40) + name.encode())
+    assert [i.uri for i in list_inputs(root)] == ["a.heic", "b.avif", "c.HEIF", "d.jxl"]
