@@ -73,7 +73,13 @@ def _png_bytes(arr: np.ndarray) -> bytes:
 
 
 def _tensor_file_bytes(vec: np.ndarray) -> bytes:
-    import torch
+    try:
+        import torch
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(
+            "the official layout's id_embed_file_* are torch tensor files: "
+            "pip install 'fgid[export]'"
+        ) from e
 
     buf = io.BytesIO()
     torch.save(torch.from_numpy(np.ascontiguousarray(vec, dtype=np.float32)).reshape(1, -1), buf)
