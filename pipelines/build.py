@@ -70,6 +70,7 @@ LOGS = "logs"
 PLAN = "plan.parquet"
 INDEX = "index.parquet"
 SETTINGS = "build.json"
+RAY_LOG = "ray.log"  # under LOGS: Ray's own messages, unless --verbose
 
 
 class BuildError(Exception):
@@ -100,6 +101,7 @@ class BuildConfig:
     concurrency: dict[str, int] = field(default_factory=dict)
     gpus: dict[str, float] = field(default_factory=dict)
     progress: bool = True
+    verbose: bool = False  # Ray's own messages on the terminal, not in OUT/logs/ray.log
     report: bool = True  # write OUT/report/ (the QA report) at the end
     # input safety (fgid_builder.io, pipelines.plan): bytes read per input, seconds per read,
     # symlinks out of INPUT, folder entries one listing visits
@@ -499,41 +501,143 @@ def _merge_final_index(out: Path, plan, shards: Sequence[str]) -> Any:
 
 @contextlib.contextmanager
 def _ray_session(cfg: BuildConfig) -> Iterator[int]:
-    """Start (or join) Ray quietly; yields the number of CPU workers to use."""
+    """Start (or join) Ray quietly; yields the number of CPU workers to use.
+
+    Unless --verbose, Ray's own output goes to OUT/logs/ray.log (see `_ray_output_to`)."""
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     started = False
-    if not ray.is_initialized():
-        common: dict[str, Any] = {
-            "include_dashboard": False,
-            "logging_level": logging.WARNING,
-            "log_to_driver": False,
-            "configure_logging": True,
-        }
-        if cfg.address:
-            try:
-                ray.init(address=cfg.address, **common)
-            except (ConnectionError, ray.exceptions.RayError) as e:
-                hint = ""
-                if os.environ.get("RAY_AUTH_MODE") != "token":
-                    hint = " (a cluster with token authentication needs RAY_AUTH_MODE=token)"
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise BuildError(
-                    f"cannot join the Ray cluster at {cfg.address}: {first}{hint}"
-                ) from None
-        else:
-            ray.init(address="local", num_cpus=cfg.workers or os.cpu_count() or 1, **common)
-        started = True
+    with contextlib.ExitStack() as stack:
+        if not cfg.verbose:
+            stack.enter_context(_ray_output_to(Path(cfg.out) / LOGS / RAY_LOG))
+        if not ray.is_initialized():
+            common: dict[str, Any] = {
+                "include_dashboard": False,
+                # keeps the `ray` logger's handlers (quiet: the file `_ray_output_to` gave it);
+                # configure_logging=False would remove them
+                "configure_logging": True,
+                "logging_level": logging.INFO,
+                # --verbose also streams the workers' own stdout/stderr to the terminal
+                "log_to_driver": cfg.verbose,
+            }
+            if cfg.address:
+                try:
+                    ray.init(address=cfg.address, **common)
+                except (ConnectionError, ray.exceptions.RayError) as e:
+                    hint = ""
+                    if os.environ.get("RAY_AUTH_MODE") != "token":
+                        hint = " (a cluster with token authentication needs RAY_AUTH_MODE=token)"
+                    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    raise BuildError(
+                        f"cannot join the Ray cluster at {cfg.address}: {first}{hint}"
+                    ) from None
+            else:
+                ray.init(address="local", num_cpus=cfg.workers or os.cpu_count() or 1, **common)
+            started = True
+        try:
+            workers = cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            yield workers
+        finally:
+            if started:
+                ray.shutdown()
+
+
+@contextlib.contextmanager
+def _ray_output_to(path: Path) -> Iterator[None]:
+    """Ray's own output goes to `path` while Ray runs; fgid's stays on the terminal.
+
+    Ray's is: its `ray.*` loggers (the token-authentication banner, Ray Data's execution
+    lines), the Python warnings its modules raise, and what its C++ core worker in this process
+    writes straight to file descriptor 2 (`core_worker.cc ... max_restarts > 0`). No Ray option
+    moves the last, so fd 2 itself points at `path` and, when sys.stderr is fd 2, sys.stderr
+    (progress bars, fgid's log lines, errors) moves to a copy of the terminal's descriptor."""
+    import ray
+
+    log_file = open(path, "a", buffering=1, encoding="utf-8", errors="backslashreplace")
+    handler = logging.StreamHandler(log_file)
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # `ray` and the Ray loggers with handlers of their own (ray.data): their console handlers
+    # (which write to sys.stderr when they emit) are replaced by the file's; files stay.
+    saved: list[tuple[logging.Logger, list[logging.Handler], int]] = []
+    names = ["ray"] + [n for n in logging.Logger.manager.loggerDict if n.startswith("ray.")]
+    for name in names:
+        logger = logging.getLogger(name)
+        if name != "ray" and (logger.propagate or not logger.handlers):
+            continue
+        saved.append((logger, logger.handlers[:], logger.level))
+        kept = [
+            h
+            for h in logger.handlers
+            if not isinstance(h, logging.StreamHandler) or isinstance(h, logging.FileHandler)
+        ]
+        logger.handlers = [*kept, handler]
+        if name == "ray":
+            logger.propagate = False
+            logger.setLevel(logging.INFO)
+    ray_dir = os.path.dirname(ray.__file__) + os.sep
+    show = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        show(
+            message,
+            category,
+            filename,
+            lineno,
+            log_file if filename.startswith(ray_dir) else file,
+            line,
+        )
+
+    warnings.showwarning = showwarning
+    old_stderr = sys.stderr
     try:
-        workers = cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        yield workers
+        on_fd2 = old_stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # pytest's or click's capture: no fd
+        on_fd2 = False
+    old_stderr.flush()
+    terminal_fd = os.dup(2)
+    terminal = None
+    moved: list[logging.StreamHandler] = []
+    if on_fd2:
+        terminal = open(
+            os.dup(terminal_fd),
+            "w",
+            buffering=1,
+            encoding=old_stderr.encoding,
+            errors="backslashreplace",
+        )
+        sys.stderr = terminal
+        moved = [
+            h
+            for h in logging.root.handlers
+            if isinstance(h, logging.StreamHandler) and h.stream is old_stderr
+        ]
+        for h in moved:
+            h.setStream(terminal)
+    os.dup2(log_file.fileno(), 2)
+    try:
+        yield
     finally:
-        if started:
-            ray.shutdown()
+        if terminal is not None:
+            terminal.flush()
+        os.dup2(terminal_fd, 2)
+        os.close(terminal_fd)
+        if terminal is not None:
+            sys.stderr = old_stderr
+            for h in moved:
+                h.setStream(old_stderr)
+            terminal.close()
+        warnings.showwarning = show
+        for logger, handlers, level in saved:
+            logger.handlers = handlers
+            logger.setLevel(level)
+        log_file.close()
 
 
 def _quiet_ray_data() -> None:
+    """Ray Data's progress bars off (fgid draws its own); its log lines go wherever the `ray`
+    logger goes (OUT/logs/ray.log unless --verbose)."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
@@ -542,7 +646,6 @@ def _quiet_ray_data() -> None:
         ctx.print_on_execution_start = False
     with contextlib.suppress(AttributeError):
         ctx.enable_operator_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
 
 
@@ -906,6 +1009,12 @@ def _parse_stage_values(opt: str, values: Sequence[str], cast) -> dict[str, Any]
     help="Refuse (exit 2) an INPUT folder or list file with more entries than this.",
 )
 @click.option(
+    "--verbose",
+    is_flag=True,
+    help="Show Ray's own messages (its warnings, Ray Data's execution lines, the workers' "
+    "output) on the terminal; by default they go to OUT/logs/ray.log.",
+)
+@click.option(
     "--report/--no-report",
     default=True,
     show_default=True,
@@ -955,6 +1064,7 @@ def build_command(
         sys.exit(2)
     for line in summary.lines():
         click.echo(line)
+    click.echo(f"dataset: {cfg.out} (shards/, index.parquet); logs: {Path(cfg.out) / LOGS}")
     if summary.report_error:
         click.echo(f"fgid build: the QA report failed: {summary.report_error}", err=True)
     if cfg.strict and (summary.rejects or summary.report_error):
