@@ -57,6 +57,11 @@ def available(stage: str) -> list[str]:
     return sorted(_REGISTRY[stage])
 
 
+def targets(stage: str) -> dict[str, str]:
+    """name -> "module:Class" of every backend of `stage` (scripts/dvc_deps.py reads it)."""
+    return dict(_REGISTRY[stage])
+
+
 def backend_class(stage: str, name: str) -> type:
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")

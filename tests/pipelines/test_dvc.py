@@ -77,6 +77,40 @@ def test_stage_commands_use_real_options() -> None:
         assert argv[4] == name
 
 
+def _dvc_deps():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dvc_deps", REPO / "scripts" / "dvc_deps.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_stage_depends_on_the_files_its_command_imports() -> None:
+    """dvc.yaml's deps cover every project file each command imports (scripts/dvc_deps.py):
+    an edit of any of them reruns the stage, so `dvc repro` never reuses a stale output."""
+    dvc_deps = _dvc_deps()
+    stages = _load("dvc.yaml")["stages"]
+    missing = {name: dvc_deps.missing_deps(st) for name, st in stages.items()}
+    assert not any(missing.values()), {k: v for k, v in missing.items() if v}
+    # the files the issue found missing from parse and caption
+    for name in ("parse", "caption"):
+        files = dvc_deps.stage_files(stages[name])
+        assert "fgid_builder/detect/dlib_hog.py" in files
+        assert "fgid_builder/embed/dlib_resnet.py" in files
+    # imports by name: the backends registered for the stage, `fgid SUBCOMMAND`'s module
+    assert "fgid_builder/caption/mllm.py" in dvc_deps.stage_files(stages["caption"])
+    assert "pipelines/eval_cmds.py" in dvc_deps.stage_files(stages["report"])
+    assert "scripts/dvc_train.py" in dvc_deps.stage_files(stages["eval"])  # a sibling script
+
+
+def test_a_missing_dep_is_found() -> None:
+    dvc_deps = _dvc_deps()
+    stage = dict(_load("dvc.yaml")["stages"]["parse"])
+    stage["deps"] = [d for d in stage["deps"] if not d.startswith("fgid_builder/detect")]
+    assert "fgid_builder/detect/dlib_hog.py" in dvc_deps.missing_deps(stage)
+
+
 def test_dvc_outputs_are_git_ignored() -> None:
     stages = _load("dvc.yaml")["stages"]
     outs = [
