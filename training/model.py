@@ -478,11 +478,11 @@ class ConsistentIDModel(nn.Module):
         id_tokens = self.identity_tokens(id_embed, clip_image)
         context = torch.cat([prompt, id_tokens.to(prompt.dtype)], dim=1)
         self.store.reset(facial_positions)
-        try:
-            pred = self.unet(noisy_latents, timesteps, encoder_hidden_states=context).sample
-            maps = dict(self.store.maps)
-        finally:
-            self.store.reset(None)
+        pred = self.unet(noisy_latents, timesteps, encoder_hidden_states=context).sample
+        maps = dict(self.store.maps)
+        # The positions stay until the next forward: with gradient checkpointing the backward
+        # pass re-runs the attention processors, which must record (compute) the same maps.
+        self.store.maps = {}
         return pred, maps
 
 

@@ -54,15 +54,18 @@ def test_real_size_architectures_have_the_published_sizes() -> None:
     ]
 
 
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["", "grad-checkpointing"])
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_config_builds_and_steps_on_its_architecture(path: Path) -> None:
+def test_config_builds_and_steps_on_its_architecture(path: Path, checkpointing: bool) -> None:
     cfg = load_config(path)
+    cfg.model.gradient_checkpointing = checkpointing
     base, device = family_models(cfg)
     base.tokenizer.add_tokens([cfg.model.facial_token], special_tokens=True)
     id_dim = cfg.model.id_dim or 512  # insightface's ArcFace (128 with the dlib embedder)
     torch.manual_seed(0)
     with torch.device(device):
         model = build_model(base, cfg.model, id_dim)
+    model.train()  # as the trainer does (gradient checkpointing is active in training mode)
     b, r, res = 1, cfg.model.max_regions, cfg.model.resolution
     lat, clip = res // base.vae_scale_factor, base.clip_image_size
     with torch.device(device):
