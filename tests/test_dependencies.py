@@ -82,16 +82,23 @@ def _deptry(root: Path, files: list[str], dev_groups: set[str], ignore: str) -> 
     return json.loads(report.read_text())
 
 
+def _rel(file: str, root: Path) -> str:
+    path = Path(file)
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+
+
 HINTS = {
     "DEP001": "declare it in pyproject.toml (base or the extra of this part)",
     "DEP003": "declare it: it is installed only as another package's dependency",
     "DEP004": "only an extra this part's install lacks declares it",
+    "DEP002": "declared but never imported: drop it, or add it to [tool.deptry.per_rule_ignores] "
+    "DEP002 with the reason (a plugin, a command, data files)",
 }
 
 
 def _lines(violations: list[dict], root: Path) -> str:
     return "\n".join(
-        f"{Path(v['location']['file']).relative_to(root)}:{v['location']['line']}: "
+        f"{_rel(v['location']['file'], root)}:{v['location']['line']}: "
         f"{v['error']['code']} {v['module']}: {HINTS.get(v['error']['code'], v['error']['message'])}"
         for v in violations
     )
