@@ -5,6 +5,7 @@
 #   - inside an active virtual environment (sys.prefix != sys.base_prefix): that one;
 #   - otherwise `.venv/` in the checkout, created with `python3 -m venv` on first use;
 #   - FGID_VENV=DIR: that folder, created if missing, even when another one is active.
+# FGID_PYTHON_BASE names the Python that creates it (default python3, >= 3.10).
 # pip runs only inside a virtual environment (never into the system Python, PEP 668), and only
 # when the stamp in the environment (a hash of pyproject.toml, this checkout's path and the
 # Python version, per install) says this pyproject.toml is not installed there yet: a rerun with
@@ -16,14 +17,17 @@ fgid_die() {
 }
 
 fgid_env() {
-  local extras="$1" base="${FGID_PYTHON_BASE:-python3}" venv="" py
+  local extras="$1" base="${FGID_PYTHON_BASE:-python3}" venv="" py active wanted have name
   command -v "$base" >/dev/null 2>&1 || fgid_die "no $base on PATH (Python >= 3.10 is needed)"
-  "$base" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+  # One start of the base Python: exit 1 when too old, else the active venv's prefix or "".
+  active="$("$base" -c 'import sys
+if sys.version_info < (3, 10): sys.exit(1)
+print(sys.prefix if sys.prefix != sys.base_prefix else "")')" \
     || fgid_die "$("$base" -V 2>&1) is too old: Python >= 3.10 is needed"
   if [ -n "${FGID_VENV:-}" ]; then
     venv="$FGID_VENV"
-  elif "$base" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)'; then
-    venv="$("$base" -c 'import sys; print(sys.prefix)')"
+  elif [ -n "$active" ]; then
+    venv="$active"
   else
     venv="$PWD/.venv"
   fi
@@ -33,30 +37,31 @@ fgid_env() {
     "$base" -m venv "$venv" \
       || fgid_die "python3 -m venv $venv failed (on Debian/Ubuntu: apt install python3-venv)"
   fi
-  local stamp_dir="$venv" wanted have name
-  wanted="$("$py" - "$PWD/pyproject.toml" <<'EOF'
-import hashlib, sys
+  # One start of the environment's Python: the stamp this checkout wants ("-" + it when fgid
+  # is not installed there at all, so no stamp matches).
+  wanted="$("$py" -c 'import hashlib, importlib.metadata as m, sys
 from pathlib import Path
-pyproject = Path(sys.argv[1])
-h = hashlib.sha256(pyproject.read_bytes())
-h.update(f"\n{pyproject.parent}\n{sys.version}".encode())
-print(h.hexdigest())
-EOF
-  )" || fgid_die "cannot run $py"
+p = Path(sys.argv[1])
+h = hashlib.sha256(p.read_bytes())
+h.update(f"\n{p.parent}\n{sys.version}".encode())
+try:
+    m.distribution("fgid")
+    print(h.hexdigest())
+except m.PackageNotFoundError:
+    print("-" + h.hexdigest())' "$PWD/pyproject.toml")" || fgid_die "cannot run $py"
   # The dev install includes the base one: a matching dev stamp satisfies both.
   for name in ${extras:-base} dev; do
-    have="$(cat "$stamp_dir/.fgid-installed-$name" 2>/dev/null || true)"
-    if [ "$have" = "$wanted" ] && "$py" -c 'import importlib.metadata as m; m.distribution("fgid")' \
-      2>/dev/null; then
+    have="$(cat "$venv/.fgid-installed-$name" 2>/dev/null || true)"
+    if [ "$have" = "$wanted" ]; then
       FGID_PYTHON="$py"
       export PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv"
       return 0
     fi
   done
   echo "installing fgid${extras:+[$extras]} into $venv (pip install -e; the first time takes minutes)" >&2
-  rm -f "$stamp_dir"/.fgid-installed-*
+  rm -f "$venv"/.fgid-installed-*
   "$py" -m pip install -q -e ".${extras:+[$extras]}" || fgid_die "pip install failed (see above)"
-  echo "$wanted" >"$stamp_dir/.fgid-installed-${extras:-base}"
+  echo "${wanted#-}" >"$venv/.fgid-installed-${extras:-base}"
   FGID_PYTHON="$py"
   export PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv"
 }
