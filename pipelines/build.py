@@ -46,6 +46,7 @@ import click
 
 from fgid_builder.faces import DEFAULT_MAX_FACES, DEFAULT_MIN_FACE
 from fgid_builder.io import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_INPUT_BYTES, DEFAULT_READ_TIMEOUT
+from fgid_builder.lock import LockHeld
 from fgid_builder.registry import DEFAULTS, available
 from fgid_builder.schema import SCHEMA_VERSION, ModelFileError
 from fgid_builder.stage_resources import (
@@ -75,6 +76,33 @@ RAY_LOG = "ray.log"  # under LOGS: Ray's own messages, unless --verbose
 
 class BuildError(Exception):
     """A problem with the build as asked (not with one image): one line, exit code 2."""
+
+
+# `fgid build` exit codes (the --help epilog and the README list them)
+EXIT_OK, EXIT_REJECTS, EXIT_REFUSED, EXIT_FAILED = 0, 1, 2, 3
+EXIT_CODES_HELP = (
+    "\b\nExit codes:\n"
+    "  0  the dataset is complete\n"
+    "  1  --strict, and some input or face was rejected (or the QA report failed)\n"
+    "  2  usage error or refused: bad option, missing weights, OUT in use by another run,\n"
+    "     OUT built with other settings, INPUT missing or over --max-entries\n"
+    "  3  the run failed: I/O (read-only or full OUT, ...), Ray (a raylet or worker died,\n"
+    "     the cluster did not start); the cause on one line, the traceback in\n"
+    "     OUT/logs/error.txt when OUT is writable; rerun to resume"
+)
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line: its type and first line (an OSError with errno name, cause
+    and file)."""
+    if isinstance(e, OSError) and e.strerror:
+        import errno as errno_names
+
+        name = errno_names.errorcode.get(e.errno or 0, "")
+        where = f": {e.filename}" if e.filename is not None else ""
+        return f"{type(e).__name__} [{name}] {e.strerror}{where}"
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 @dataclass
@@ -674,13 +702,22 @@ def _find_model_error(exc: BaseException) -> ModelFileError | None:
 def run_build(cfg: BuildConfig) -> BuildSummary:
     """Plan, process the uncommitted shards on Ray, commit them, merge the index.
 
+    The whole run holds OUT's lock (fgid_builder.lock): a second run on the same OUT raises
+    `LockHeld` (exit 2) before it touches anything; a lock left by a killed run is taken over.
     A new plan is hashed while Ray starts; Ray calls stay in this thread. The index merge and
     the report come after Ray has stopped, in this thread too."""
-    from concurrent.futures import ThreadPoolExecutor
+    from fgid_builder.lock import locked
 
     t0 = time.perf_counter()
-    summary = BuildSummary()
     models = check_models(cfg)
+    with locked(cfg.out):
+        return _run_build(cfg, models, t0)
+
+
+def _run_build(cfg: BuildConfig, models: dict[str, Any], t0: float) -> BuildSummary:
+    from concurrent.futures import ThreadPoolExecutor
+
+    summary = BuildSummary()
     out, summary.temp_files_removed = _prepare_out(cfg, models)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fgid-build") as background:
         t_stop = None
@@ -823,21 +860,29 @@ def _finish(
 
 def _write_report(out: Path) -> tuple[str | None, str | None]:
     """The QA report of the finished dataset: (path, None), or (None, error) when it failed;
-    a failure never touches the committed shards and index (the traceback goes to logs/)."""
+    a failure never touches the committed shards and index (the traceback goes to logs/,
+    when there is room for it)."""
+    import shutil
     import traceback
 
-    from eval.report import write_report
+    from eval.report import REPORT_DIR, write_report
 
     error_file = out / LOGS / "report_error.txt"
     try:
         path = write_report(out)
     except Exception as e:  # noqa: BLE001 - a report failure must not lose the dataset
-        first = (str(e).strip().splitlines() or [""])[0]
-        line = f"{type(e).__name__}: {first}" if first else type(e).__name__
+        line = one_line(e)
         log.error("the QA report failed (the dataset is complete): %s", line)
-        error_file.write_text(traceback.format_exc())
+        # a half-written report is no use and, on a full disk, holds the space the error
+        # file and the summary need
+        shutil.rmtree(out / REPORT_DIR, ignore_errors=True)
+        try:
+            error_file.write_text(traceback.format_exc())
+        except OSError as write_error:  # a full or read-only disk: the line is all there is
+            return None, f"{line} (no traceback: {one_line(write_error)})"
         return None, f"{line} (traceback in {error_file})"
-    error_file.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        error_file.unlink(missing_ok=True)
     return str(path), None
 
 
@@ -917,7 +962,9 @@ def _parse_stage_values(opt: str, values: Sequence[str], cast) -> dict[str, Any]
     return out
 
 
-@click.command("build", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(
+    "build", context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP
+)
 @click.argument("input", required=False)
 @click.argument("out", required=False)
 @click.option(
@@ -1058,10 +1105,18 @@ def build_command(
             resources=resources,
             **options,
         )
-        summary = run_build(cfg)
-    except (BuildError, ModelFileError) as e:
+        summary = run_build_watched(cfg)
+    except (BuildError, ModelFileError, LockHeld) as e:
         click.echo(f"fgid build: {e}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_REFUSED)
+    except RunFailed as e:
+        click.echo(f"fgid build: the run failed: {e}", err=True)
+        sys.exit(EXIT_FAILED)
+    except click.ClickException:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure of the run: one line and exit 3
+        click.echo(f"fgid build: the run failed: {_failure_line(e, out)}", err=True)
+        sys.exit(EXIT_FAILED)
     for line in summary.lines():
         click.echo(line)
     click.echo(f"dataset: {cfg.out} (shards/, index.parquet); logs: {Path(cfg.out) / LOGS}")
@@ -1072,4 +1127,98 @@ def build_command(
         if summary.report_error:
             what += ", the QA report failed"
         click.echo(f"fgid build --strict: {what}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_REJECTS)
+
+
+class RunFailed(Exception):
+    """The run failed (I/O, Ray, the build process died): one line, exit code 3."""
+
+
+def run_build_watched(cfg: BuildConfig) -> BuildSummary:
+    """`run_build` in a forked child process that this one watches, so that a run whose
+    process Ray ends from C++ (a killed raylet makes the driver `_exit(1)`, with no Python
+    exception and no message) still ends with one line and exit 3. Refusals come back as
+    `BuildError` (exit 2), failures as `RunFailed`. The child dies with this process (a
+    `kill -9` of `fgid build` stops the run). In process when Ray is already initialised here
+    (a caller's session) or off Linux."""
+    import multiprocessing
+
+    ray = sys.modules.get("ray")
+    if not sys.platform.startswith("linux") or (ray is not None and ray.is_initialized()):
+        return run_build(cfg)
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_watched_child, args=(send, cfg, os.getpid()), name="fgid-build")
+    child.start()
+    send.close()
+    try:
+        kind, value = receive.recv()
+    except EOFError:
+        kind, value = "died", None
+    finally:
+        child.join()
+    if kind == "ok":
+        return value
+    if kind == "refused":
+        raise BuildError(value)
+    if kind == "failed":
+        raise RunFailed(value)
+    code = child.exitcode or 0
+    how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+    raise RunFailed(
+        f"the build process ended without a result ({how}): its Ray raylet died or it was "
+        "killed (out of memory?); rerun the same command to resume"
+    )
+
+
+def _watched_child(send: Any, cfg: BuildConfig, parent: int) -> None:
+    _die_with_parent(parent)
+    try:
+        message = ("ok", run_build(cfg))
+    except (BuildError, ModelFileError, LockHeld) as e:
+        message = ("refused", str(e))
+    except Exception as e:  # noqa: BLE001 - handed to the parent as its one line
+        message = ("failed", _failure_line(e, cfg.out))
+    send.send(message)
+    send.close()
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL this process when its parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the prctl
+        os._exit(EXIT_FAILED)
+
+
+def _failure_line(e: BaseException, out: str) -> str:
+    """The one line of a failed run; the traceback goes to OUT/logs/error.txt when it can."""
+    import traceback
+
+    line = one_line(e)
+    hint = ""
+    if _is_ray_failure(e):
+        hint = (
+            " (Ray failed: a raylet or worker died or the cluster is overloaded; rerun to resume)"
+        )
+    error_file = Path(out) / LOGS / "error.txt"
+    try:
+        error_file.parent.mkdir(parents=True, exist_ok=True)
+        error_file.write_text(traceback.format_exc())
+    except OSError:
+        return line + hint
+    return f"{line}{hint} (traceback in {error_file})"
+
+
+def _is_ray_failure(e: BaseException) -> bool:
+    try:
+        import ray.exceptions
+    except ImportError:
+        return False
+    if isinstance(e, ray.exceptions.RayError):
+        return True
+    text = str(e)
+    return "raylet" in text or "GCS" in text or "node timed out during startup" in text

@@ -52,7 +52,8 @@ def test_cli_options_map_one_to_one_to_config():
 
 @pytest.fixture
 def captured(monkeypatch):
-    """Run `fgid build` up to the config: run_build records it and returns an empty summary."""
+    """Run `fgid build` up to the config: the run (`run_build_watched`, which would fork the
+    build into a child) records it and returns an empty summary."""
     from pipelines import build
 
     seen: dict[str, BuildConfig] = {}
@@ -61,7 +62,7 @@ def captured(monkeypatch):
         seen["cfg"] = cfg
         return build.BuildSummary()
 
-    monkeypatch.setattr(build, "run_build", fake_run_build)
+    monkeypatch.setattr(build, "run_build_watched", fake_run_build)
     return seen
 
 

@@ -1,0 +1,100 @@
+"""The OUT lock: one run at a time, a one-line refusal (exit 2), stale locks taken over."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fgid_builder.lock import LOCK_NAME, LockHeld, acquire, locked, release
+
+REPO = Path(__file__).resolve().parents[2]
+HOLD = (
+    "import sys, time\n"
+    "from fgid_builder.lock import locked\n"
+    "with locked(sys.argv[1], 'test holder'):\n"
+    "    print('held', flush=True)\n"
+    "    time.sleep(120)\n"
+)
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_acquire_release_and_no_second_holder(tmp_path):
+    out = tmp_path / "out"
+    with locked(out) as path:
+        holder = json.loads(path.read_text())
+        assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+        with pytest.raises(LockHeld, match=f"in use by another run: pid {os.getpid()}"):
+            acquire(out)
+    assert not (out / LOCK_NAME).exists()
+    assert sorted(p.name for p in out.iterdir()) == []  # no temporary file left either
+
+
+def test_a_stale_lock_is_taken_over(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = {"host": socket.gethostname(), "pid": _dead_pid(), "since": 0, "command": "killed"}
+    (out / LOCK_NAME).write_text(json.dumps(stale))
+    path = acquire(out)
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    release(path)
+    # a live pid whose start time differs: the pid was reused by a newer process
+    reused = dict(stale, pid=os.getpid(), start_time=1)
+    (out / LOCK_NAME).write_text(json.dumps(reused))
+    release(acquire(out))
+
+
+def test_another_hosts_lock_is_never_judged_stale(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_NAME).write_text(json.dumps({"host": "elsewhere", "pid": _dead_pid()}))
+    with pytest.raises(LockHeld, match="on elsewhere"):
+        acquire(out)
+    (out / LOCK_NAME).write_text("")  # unreadable (half-written by hand): refused, not taken
+    with pytest.raises(LockHeld, match="unreadable"):
+        acquire(out)
+
+
+@pytest.mark.integration
+def test_a_second_fgid_build_on_a_held_out_exits_2_then_takes_a_stale_lock(tmp_path):
+    """Two real processes: one holds OUT, `fgid build` into the same OUT is refused with one
+    line and exit 2, touching nothing; once the holder is killed (-9, its lock left behind)
+    the next build takes the stale lock over and finishes."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "empty.jpg").write_bytes(b"")  # a reject: the build needs no Ray
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True, env=_env()
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        cmd = [sys.executable, "-m", "pipelines.cli", "build", str(inp), str(out), "--no-progress"]
+        second = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+        assert second.returncode == 2, second.stderr
+        last = second.stderr.strip().splitlines()[-1]
+        assert last.startswith("fgid build: ") and f"pid {holder.pid}" in last
+        assert "Traceback" not in second.stderr
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing else written
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert (out / LOCK_NAME).exists()  # left by the killed holder
+    third = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert third.returncode == 0, third.stderr
+    assert not (out / LOCK_NAME).exists() and (out / "index.parquet").is_file()
