@@ -1,4 +1,5 @@
-"""One run at a time per output folder: an exclusive lock file `OUT/.fgid.lock`.
+"""One run at a time per output: an exclusive lock file `OUT/.fgid.lock` (`fgid build`,
+`fgid stage shard`), or `.NAME.fgid.lock` beside a file output (the other `fgid stage`s).
 
 The lock is a small JSON file (host, pid, the process's start time, the command, when it was
 taken) created atomically: written under a unique temporary name, then hard-linked to the lock
@@ -92,12 +93,20 @@ def _is_stale(holder: dict[str, Any]) -> bool:
     return not _alive(pid, start if isinstance(start, int) else None)
 
 
-def acquire(out: str | os.PathLike, command: str = "") -> Path:
-    """Take the lock on folder `out` (created if needed) or raise `LockHeld`; returns the lock
-    file's path (give it to `release`)."""
-    folder = Path(out)
+def lock_path_for(out: str | os.PathLike, *, is_file: bool = False) -> Path:
+    """The lock of output `out`: `OUT/.fgid.lock` for a folder, `.NAME.fgid.lock` beside a
+    file output (`fgid stage`'s Parquet files)."""
+    out = Path(out)
+    return out.parent / f".{out.name}{LOCK_NAME}" if is_file else out / LOCK_NAME
+
+
+def acquire(out: str | os.PathLike, command: str = "", *, is_file: bool = False) -> Path:
+    """Take the lock on output `out` (a folder, created if needed, or with `is_file` a file
+    whose folder is created) or raise `LockHeld`; returns the lock file's path (give it to
+    `release`)."""
+    path = lock_path_for(out, is_file=is_file)
+    folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_NAME
     me = {
         "host": socket.gethostname(),
         "pid": os.getpid(),
@@ -106,7 +115,7 @@ def acquire(out: str | os.PathLike, command: str = "") -> Path:
         "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:500],
         "token": uuid.uuid4().hex,
     }
-    tmp = folder / f"{LOCK_NAME}.{me['token']}.tmp"
+    tmp = folder / f"{path.name}.{me['token']}.tmp"
     tmp.write_text(json.dumps(me, sort_keys=True) + "\n")
     try:
         for _ in range(5):
@@ -119,15 +128,16 @@ def acquire(out: str | os.PathLike, command: str = "") -> Path:
             if holder is None:
                 continue  # released in between: try again
             if not _is_stale(holder):
+                target = Path(out)
                 raise LockHeld(
-                    f"{folder} is in use by another run: {_describe(holder)}; wait for it, or "
+                    f"{target} is in use by another run: {_describe(holder)}; wait for it, or "
                     f"remove {path} if that run is gone"
                     if holder
-                    else f"{folder} is locked ({path} unreadable); remove it if no run is using"
-                    f" {folder}"
+                    else f"{target} is locked ({path} unreadable); remove it if no run is using"
+                    f" {target}"
                 )
             _take_over(path, holder)
-        raise LockHeld(f"{folder}: could not take the lock {path} (contended)")
+        raise LockHeld(f"{out}: could not take the lock {path} (contended)")
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -135,7 +145,7 @@ def acquire(out: str | os.PathLike, command: str = "") -> Path:
 def _take_over(path: Path, stale: dict[str, Any]) -> None:
     """Remove a stale lock, but only the one judged stale: moved aside first (atomic), checked,
     and put back if another run replaced it in between."""
-    aside = path.with_name(f"{LOCK_NAME}.stale-{uuid.uuid4().hex}")
+    aside = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex}")
     try:
         os.rename(path, aside)
     except FileNotFoundError:
@@ -156,9 +166,9 @@ def release(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def locked(out: str | os.PathLike, command: str = "") -> Iterator[Path]:
+def locked(out: str | os.PathLike, command: str = "", *, is_file: bool = False) -> Iterator[Path]:
     """`with locked(OUT):` the whole run holds OUT; raises `LockHeld` when another run does."""
-    path = acquire(out, command)
+    path = acquire(out, command, is_file=is_file)
     try:
         yield path
     finally:

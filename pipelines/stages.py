@@ -655,9 +655,13 @@ RUNNERS = {
 
 
 def run_stage(cfg: StageConfig) -> StageStats:
-    """Run one stage and write its stats file (when asked)."""
-    stats = RUNNERS[cfg.stage](cfg)
-    _write_stats(cfg.stats, stats)
+    """Run one stage and write its stats file (when asked), holding OUT's lock
+    (fgid_builder.lock: another run on the same OUT is `LockHeld`, exit 2)."""
+    from fgid_builder.lock import locked
+
+    with locked(cfg.out, is_file=cfg.stage != "shard"):
+        stats = RUNNERS[cfg.stage](cfg)
+        _write_stats(cfg.stats, stats)
     return stats
 
 
@@ -738,11 +742,18 @@ def _invoke(stage: str, input: str, out: str, **options: Any) -> None:
     if stage in FACE_STAGES:
         _backend_settings(stage, options)
     cfg = StageConfig(stage=stage, input=input, out=out, **options)
+    from fgid_builder.lock import LockHeld
+
     try:
         stats = run_stage(cfg)
-    except ModelFileError as e:
+    except (ModelFileError, LockHeld) as e:
         click.echo(f"fgid stage {stage}: {e}", err=True)
         sys.exit(2)
+    except OSError as e:  # a read-only or full disk: one line, exit 3 (as `fgid build`)
+        from pipelines.build import one_line
+
+        click.echo(f"fgid stage {stage}: the run failed: {one_line(e)}", err=True)
+        sys.exit(3)
     summary = stats.to_json()
     rejects = ", ".join(f"{k} {v}" for k, v in summary["rejects_by_reason"].items()) or "none"
     kept = f"{summary['faces_ok']} faces ok" if "faces_ok" in summary else f"{stats.images} images"

@@ -98,3 +98,23 @@ def test_a_second_fgid_build_on_a_held_out_exits_2_then_takes_a_stale_lock(tmp_p
     third = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
     assert third.returncode == 0, third.stderr
     assert not (out / LOCK_NAME).exists() and (out / "index.parquet").is_file()
+
+
+def test_fgid_stage_holds_its_output_too(tmp_path):
+    """`fgid stage` locks its output (beside a Parquet file, inside a dataset folder)."""
+    from click.testing import CliRunner
+
+    from pipelines.stages import stage_command
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "ingest.parquet"
+    with locked(out, "another stage", is_file=True) as path:
+        assert path == tmp_path / f".ingest.parquet{LOCK_NAME}"
+        res = CliRunner().invoke(stage_command, ["ingest", str(inp), str(out), "--no-progress"])
+    assert res.exit_code == 2 and "in use by another run" in res.output, res.output
+    assert not out.exists()
+    res = CliRunner().invoke(stage_command, ["ingest", str(inp), str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert out.is_file() and not path.exists()
