@@ -77,9 +77,7 @@ def report_command(
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     except OSError as e:  # a read-only or full disk: one line, exit 3 (as `fgid build`)
-        from pipelines.build import one_line
-
-        _fail(f"the report failed: {one_line(e)}", 3)
+        _fail(f"the report failed: {type(e).__name__}: {e}", 3)
     click.echo(str(path))
 
 
