@@ -118,3 +118,46 @@ def test_fgid_stage_holds_its_output_too(tmp_path):
     res = CliRunner().invoke(stage_command, ["ingest", str(inp), str(out), "--no-progress"])
     assert res.exit_code == 0, res.output
     assert out.is_file() and not path.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_two_real_builds_into_one_out(tmp_path):
+    """The issue's case: two `fgid build` runs with different inputs into one OUT. The second
+    is refused (exit 2, one line) while the first runs; the first finishes alone, its index
+    and shards agree."""
+    import time
+
+    from fgid_builder.index import read_index
+    from fgid_builder.shards import iter_shard, shard_paths
+    from tests.pipelines.inputs import _jpeg, _photos
+
+    astro = _photos()["astronaut.png"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, sizes in ((a, range(300, 348, 8)), (b, range(400, 440, 8))):
+        folder.mkdir()
+        for s in sizes:
+            (folder / f"p{s}.jpg").write_bytes(_jpeg(astro.resize((s, s))))
+    out = tmp_path / "out"
+    base = [sys.executable, "-m", "pipelines.cli", "build"]
+    opts = ["--no-progress", "--no-report", "--workers", "1", "--shard-size", "2"]
+    first = subprocess.Popen([*base, str(a), str(out), *opts], env=_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / LOCK_NAME).exists() and first.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        second = subprocess.run([*base, str(b), str(out), *opts], capture_output=True, text=True,
+                                env=_env(), timeout=300)  # fmt: skip
+        assert first.poll() is None, "the first run ended before the second one started"
+        assert second.returncode == 2, second.stderr
+        assert "in use by another run" in second.stderr.strip().splitlines()[-1]
+        assert first.wait(timeout=600) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    rows = read_index(out / "index.parquet").to_pylist()
+    assert {r["source_uri"] for r in rows} == {p.name for p in a.iterdir()}
+    keys = sorted(m["__key__"] for t in shard_paths(out / "shards") for m in iter_shard(t))
+    assert keys == sorted(r["key"] for r in rows if r["status"] == "ok")
