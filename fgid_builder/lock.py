@@ -11,9 +11,13 @@ by a process started later). A lock taken on another host is never judged stale 
 host's processes cannot be seen): the message names it, and removing the file is the user's
 call.
 
-This module locks folders on a file system (local disk, NFS). An object store has no hard
-links: an OUT there needs a lock object written with a conditional put (`If-None-Match: *`),
-which is not implemented here.
+On an object store (an OUT URL such as `s3://bucket/out`) there are no hard links: the lock
+is the object `OUT/.fgid.lock`, created with a conditional put (`If-None-Match: *`, fsspec's
+exclusive mode "xb"), which AWS S3 and S3-compatible servers that implement it (MinIO, moto)
+refuse when the object exists. Stale detection is the same (same host, process gone); taking a
+stale lock over there is a delete then a new conditional put, so two runs taking over the same
+stale lock at once cannot both win. A store whose fsspec driver has no exclusive mode raises
+`LockUnsupported`: the caller decides (warn and run unlocked, or refuse).
 """
 
 from __future__ import annotations
@@ -34,6 +38,16 @@ LOCK_NAME = ".fgid.lock"
 
 class LockHeld(Exception):
     """Another run holds the lock: one line naming it (the CLI exits with 2)."""
+
+
+class LockUnsupported(Exception):
+    """The object store's fsspec driver cannot create an object only if it is absent."""
+
+
+def is_url(out: str | os.PathLike) -> bool:
+    """An object-store (or other non-local fsspec) URL, not a local path or file:// URL."""
+    text = os.fspath(out)
+    return isinstance(text, str) and "://" in text and not text.startswith("file://")
 
 
 def _start_time(pid: int) -> int | None:
@@ -100,13 +114,10 @@ def lock_path_for(out: str | os.PathLike, *, is_file: bool = False) -> Path:
     return out.parent / f".{out.name}{LOCK_NAME}" if is_file else out / LOCK_NAME
 
 
-def acquire(out: str | os.PathLike, command: str = "", *, is_file: bool = False) -> Path:
+def acquire(out: str | os.PathLike, command: str = "", *, is_file: bool = False) -> Path | str:
     """Take the lock on output `out` (a folder, created if needed, or with `is_file` a file
     whose folder is created) or raise `LockHeld`; returns the lock file's path (give it to
     `release`)."""
-    path = lock_path_for(out, is_file=is_file)
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
     me = {
         "host": socket.gethostname(),
         "pid": os.getpid(),
@@ -115,6 +126,11 @@ def acquire(out: str | os.PathLike, command: str = "", *, is_file: bool = False)
         "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:500],
         "token": uuid.uuid4().hex,
     }
+    if is_url(out):
+        return _acquire_object(str(out), me, is_file)
+    path = lock_path_for(out, is_file=is_file)
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f"{path.name}.{me['token']}.tmp"
     tmp.write_text(json.dumps(me, sort_keys=True) + "\n")
     try:
@@ -128,18 +144,72 @@ def acquire(out: str | os.PathLike, command: str = "", *, is_file: bool = False)
             if holder is None:
                 continue  # released in between: try again
             if not _is_stale(holder):
-                target = Path(out)
-                raise LockHeld(
-                    f"{target} is in use by another run: {_describe(holder)}; wait for it, or "
-                    f"remove {path} if that run is gone"
-                    if holder
-                    else f"{target} is locked ({path} unreadable); remove it if no run is using"
-                    f" {target}"
-                )
+                raise LockHeld(_held_message(out, path, holder))
             _take_over(path, holder)
         raise LockHeld(f"{out}: could not take the lock {path} (contended)")
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _held_message(out: str | os.PathLike, path: Any, holder: dict[str, Any]) -> str:
+    if holder:
+        return (
+            f"{out} is in use by another run: {_describe(holder)}; wait for it, or remove "
+            f"{path} if that run is gone"
+        )
+    return f"{out} is locked ({path} unreadable); remove it if no run is using {out}"
+
+
+def _acquire_object(out: str, me: dict[str, Any], is_file: bool) -> str:
+    """The lock object of an object-store OUT (see the module docstring); returns its URL."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(out)
+    root = root.rstrip("/")
+    key = (
+        f"{root.rsplit('/', 1)[0]}/.{root.rsplit('/', 1)[-1]}{LOCK_NAME}"
+        if is_file
+        else (f"{root}/{LOCK_NAME}")
+    )
+    url = fs.unstrip_protocol(key)
+    data = (json.dumps(me, sort_keys=True) + "\n").encode()
+    for _ in range(5):
+        try:
+            with fs.open(key, "xb") as f:
+                f.write(data)
+            return url
+        except FileExistsError:
+            pass
+        except (ValueError, NotImplementedError, TypeError) as e:
+            raise LockUnsupported(f"{out}: this store cannot create a lock object: {e}") from None
+        try:
+            holder = json.loads(fs.cat_file(key))
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError):
+            holder = {}
+        if not isinstance(holder, dict) or not _is_stale(holder):
+            raise LockHeld(_held_message(out, url, holder if isinstance(holder, dict) else {}))
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(key)
+    raise LockHeld(f"{out}: could not take the lock {url} (contended)")
+
+
+def _release_object(url: str) -> None:
+    import fsspec
+
+    fs, key = fsspec.core.url_to_fs(url)
+    try:
+        holder = json.loads(fs.cat_file(key))
+    except (OSError, ValueError):
+        return
+    if (
+        isinstance(holder, dict)
+        and holder.get("pid") == os.getpid()
+        and holder.get("host") == socket.gethostname()
+    ):
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(key)
 
 
 def _take_over(path: Path, stale: dict[str, Any]) -> None:
@@ -158,15 +228,21 @@ def _take_over(path: Path, stale: dict[str, Any]) -> None:
     aside.unlink(missing_ok=True)
 
 
-def release(path: Path) -> None:
+def release(path: Path | str) -> None:
     """Remove the lock if it is still ours (never another run's)."""
+    if isinstance(path, str) and is_url(path):
+        _release_object(path)
+        return
+    path = Path(path)
     holder = _read(path)
     if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
         path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
-def locked(out: str | os.PathLike, command: str = "", *, is_file: bool = False) -> Iterator[Path]:
+def locked(
+    out: str | os.PathLike, command: str = "", *, is_file: bool = False
+) -> Iterator[Path | str]:
     """`with locked(OUT):` the whole run holds OUT; raises `LockHeld` when another run does."""
     path = acquire(out, command, is_file=is_file)
     try:

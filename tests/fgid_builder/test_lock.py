@@ -161,3 +161,54 @@ def test_two_real_builds_into_one_out(tmp_path):
     assert {r["source_uri"] for r in rows} == {p.name for p in a.iterdir()}
     keys = sorted(m["__key__"] for t in shard_paths(out / "shards") for m in iter_shard(t))
     assert keys == sorted(r["key"] for r in rows if r["status"] == "ok")
+
+
+@pytest.fixture
+def s3_out(monkeypatch):
+    """`s3://locks/out` on moto's standalone S3 server (a real HTTP server on a free port)."""
+    pytest.importorskip("s3fs")
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "FSSPEC_S3_ENDPOINT_URL": endpoint,
+    }.items():
+        monkeypatch.setenv(k, v)
+    import fsspec
+
+    fsspec.config.conf["s3"] = {"client_kwargs": {"endpoint_url": endpoint}}
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir("locks")
+    try:
+        yield "s3://locks/out", fs
+    finally:
+        fsspec.config.conf.pop("s3", None)
+        server.stop()
+
+
+def test_an_object_store_out_is_locked_with_a_conditional_put(s3_out):
+    url, fs = s3_out
+    with locked(url) as lock:
+        assert lock == f"s3://locks/out/{LOCK_NAME}"
+        assert json.loads(fs.cat_file(lock))["pid"] == os.getpid()
+        with pytest.raises(LockHeld, match=f"in use by another run: pid {os.getpid()}"):
+            acquire(url)
+    assert not fs.exists(f"locks/out/{LOCK_NAME}")
+    # a stale lock object (this host, the process gone) is taken over
+    stale = {"host": socket.gethostname(), "pid": _dead_pid(), "since": 0}
+    fs.pipe_file(f"locks/out/{LOCK_NAME}", json.dumps(stale).encode())
+    lock = acquire(url)
+    assert json.loads(fs.cat_file(lock))["pid"] == os.getpid()
+    release(lock)
+    fs.pipe_file(f"locks/out/{LOCK_NAME}", json.dumps(dict(stale, host="elsewhere")).encode())
+    with pytest.raises(LockHeld, match="on elsewhere"):
+        acquire(url)
