@@ -77,8 +77,8 @@ def faces_from_detections(
 ) -> tuple[list[FaceSample], list[Reject]]:
     """Aligned, measured samples for the faces that pass `gates`, and a reject per other face.
 
-    `source` needs `uri` and `sha256` (of the input bytes); width and height are taken from the
-    decoded (upright) image.
+    `source` needs `uri` and `sha256` (of the input bytes), may hold `extra` (pass-through
+    columns); width and height are taken from the decoded (upright) image.
     """
     gates = gates or FaceGates()
     src = {
@@ -86,6 +86,8 @@ def faces_from_detections(
         "sha256": source["sha256"],
         "width": int(decoded.width),
         "height": int(decoded.height),
+        # a manifest row's pass-through columns (string -> string; {} for other inputs)
+        "extra": {str(k): str(v) for k, v in (source.get("extra") or {}).items()},
     }
     if not detections:
         return [], [(None, Reason.NO_FACE, "the detector found no face")]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from fgid_builder.manifest import extra_json
 from fgid_builder.schema import Reason, dumps_json
 from fgid_builder.shards import atomic_write_bytes
 
@@ -51,6 +52,8 @@ INDEX_SCHEMA = pa.schema(
         pa.field("caption_global_chars", pa.int32()),
         pa.field("caption_facial_chars", pa.int32()),
         pa.field("models", pa.string()),  # canonical JSON {stage: {name, version, weights_sha256}}
+        # a manifest row's pass-through columns: canonical JSON {column: value}; null otherwise
+        pa.field("extra", pa.string()),
     ]
 )
 COLUMNS: tuple[str, ...] = tuple(INDEX_SCHEMA.names)
@@ -90,6 +93,7 @@ def sample_row(meta: Mapping[str, Any], *, shard: str | None) -> dict[str, Any]:
     face_size = face.get("size")
     if face_size is None and bbox is not None:
         face_size = min(bbox[2] - bbox[0], bbox[3] - bbox[1])
+    extra = source.get("extra") or None
     models = {
         stage: {k: info.get(k) for k in ("name", "version", "weights_sha256")}
         for stage, info in (meta.get("models") or {}).items()
@@ -118,6 +122,7 @@ def sample_row(meta: Mapping[str, Any], *, shard: str | None) -> dict[str, Any]:
         caption_global_chars=None if not captions else len(captions.get("global") or ""),
         caption_facial_chars=None if not captions else len(captions.get("facial") or ""),
         models=dumps_json(models).decode() if models else None,
+        extra=None if extra is None else extra_json(extra),
     )
     return row
 
@@ -204,7 +209,137 @@ def read_index(path: str | os.PathLike) -> pa.Table:
 
 
 def merge_index(parts: Iterable[str | os.PathLike], path: str | os.PathLike) -> int:
-    """Merge index parts (e.g. one per shard) into one sorted index file; returns its row count."""
-    tables = [read_index(p) for p in sorted(Path(p) for p in parts)]
-    table = pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table()
-    return write_index(path, table)
+    """Merge index parts (e.g. one per shard) into one sorted index file; returns its row count.
+
+    Streaming (`merge_sorted`): memory is bounded by the fan-in, not by the number of rows."""
+    return merge_sorted(sorted(Path(p) for p in parts), path)
+
+
+# --------------------------------------------------------------------------- streaming merge
+
+MERGE_FAN_IN = 64  # sources open at once; more parts are merged in rounds through temp runs
+_RUN_ROWS = 1024  # row group of the temporary runs (what one open run holds in memory)
+_READ_ROWS = 1024
+
+
+def _row_keys(batch: pa.RecordBatch) -> list[tuple]:
+    """Python sort keys equal to `sort_table`'s order: each key ascending, nulls first (str
+    comparison is code-point order, which is UTF-8 byte order, as Arrow compares)."""
+    cols = [batch.column(c).to_pylist() for c, _ in SORT_KEYS]
+    return [
+        tuple(x for v in values for x in (v is not None, "" if v is None else v))
+        for values in zip(*cols, strict=True)
+    ]
+
+
+def _batches_of(source: str | os.PathLike | pa.Table) -> Iterator[pa.RecordBatch]:
+    if isinstance(source, pa.Table):
+        yield from sort_table(source).to_batches(max_chunksize=_READ_ROWS)
+        return
+    f = pq.ParquetFile(source)
+    try:
+        for batch in f.iter_batches(batch_size=_READ_ROWS, columns=list(COLUMNS)):
+            yield batch.cast(INDEX_SCHEMA) if batch.schema != INDEX_SCHEMA else batch
+    finally:
+        f.close()
+
+
+def _merged_batches(
+    sources: Sequence[str | os.PathLike | pa.Table], rows: int
+) -> Iterator[pa.Table]:
+    """The rows of sorted `sources` in sorted order (ties: earlier source first, as a stable
+    sort of their concatenation), `rows` at a time."""
+    import heapq
+
+    def stream(i: int):
+        for batch in _batches_of(sources[i]):
+            for j, key in enumerate(_row_keys(batch)):
+                yield key, i, batch, j
+
+    pending: list[tuple[pa.RecordBatch, int]] = []
+
+    def flush() -> pa.Table:
+        batches: dict[int, tuple[int, pa.RecordBatch]] = {}
+        for batch, _ in pending:
+            if id(batch) not in batches:
+                batches[id(batch)] = (len(batches), batch)
+        offsets, start = {}, 0
+        ordered = sorted(batches.values(), key=lambda t: t[0])
+        for n, batch in ordered:
+            offsets[n] = start
+            start += batch.num_rows
+        table = pa.Table.from_batches([b for _, b in ordered], schema=INDEX_SCHEMA)
+        take = [offsets[batches[id(b)][0]] + j for b, j in pending]
+        pending.clear()
+        return table.take(take).combine_chunks()
+
+    streams = [stream(i) for i in range(len(sources))]
+    for _, _, batch, j in heapq.merge(*streams, key=lambda t: (t[0], t[1])):
+        pending.append((batch, j))
+        if len(pending) == rows:
+            yield flush()
+    if pending:
+        yield flush()
+
+
+def merge_sorted(
+    sources: Sequence[str | os.PathLike | pa.Table],
+    path: str | os.PathLike,
+    *,
+    fan_in: int = MERGE_FAN_IN,
+) -> int:
+    """Merge sorted index files (and tables) into one index at `path`, byte-identical to
+    `write_index` of their concatenation, with memory bounded by `fan_in` sources of one
+    record batch each and one output row group: more sources than `fan_in` are merged in
+    rounds through temporary runs beside `path` (named as temp files, so a killed run's are
+    removed by `clean_temp_files`). Written atomically; returns the row count."""
+    from fgid_builder.shards import fsync_dir, temp_path_for
+
+    if fan_in < 2:
+        raise ValueError("fan_in must be >= 2")
+    path = Path(path)
+    temps: list[Path] = []
+    try:
+        level = list(sources)
+        while len(level) > fan_in:
+            runs: list[Path] = []
+            for i in range(0, len(level), fan_in):
+                run = temp_path_for(path)
+                temps.append(run)
+                _write_stream(run, _merged_batches(level[i : i + fan_in], _RUN_ROWS), _RUN_ROWS)
+                runs.append(run)
+            for done in (s for s in level if isinstance(s, Path) and s in temps):
+                done.unlink(missing_ok=True)
+            level = runs
+        tmp = temp_path_for(path)
+        temps.append(tmp)
+        rows = _write_stream(tmp, _merged_batches(level, _ROW_GROUP), _ROW_GROUP)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+        return rows
+    finally:
+        for t in temps:
+            t.unlink(missing_ok=True)
+
+
+_ROW_GROUP = _WRITE_OPTIONS["row_group_size"]
+
+
+def _write_stream(path: Path, tables: Iterator[pa.Table], row_group: int) -> int:
+    """Tables (each at most `row_group` rows) -> one Parquet file with the index's fixed
+    options, one row group per table; fsynced."""
+    opts = {k: v for k, v in _WRITE_OPTIONS.items() if k != "row_group_size"}
+    rows = 0
+    schema = INDEX_SCHEMA.remove_metadata()
+    with open(path, "wb") as f:
+        with pq.ParquetWriter(f, schema, **opts) as writer:
+            wrote = False
+            for table in tables:
+                writer.write_table(table.replace_schema_metadata(None), row_group_size=row_group)
+                rows += table.num_rows
+                wrote = True
+            if not wrote:
+                writer.write_table(schema.empty_table())
+        f.flush()
+        os.fsync(f.fileno())
+    return rows

@@ -95,7 +95,7 @@ class Reason(str, Enum):
     TOO_SMALL = "too_small"  # the whole image is under the minimum side
     UNREADABLE = "unreadable"  # I/O error, permission, symlink loop
     NOT_A_FILE = "not_a_file"  # a FIFO, device, socket or folder where a file was expected
-    TIMEOUT = "timeout"  # reading the input took longer than --read-timeout
+    TIMEOUT = "timeout"  # reading the input (or a download) took longer than its timeout
     UNSUPPORTED_FORMAT = "unsupported_format"  # an image format Pillow here cannot decode
     OUTSIDE_INPUT = "outside_input"  # a symlink out of INPUT (--follow-external-symlinks)
     DUPLICATE = "duplicate"  # same bytes as another input; its samples are recorded once
@@ -104,6 +104,13 @@ class Reason(str, Enum):
     FACE_TOO_SMALL = "face_too_small"
     BAD_LANDMARKS = "bad_landmarks"  # a face whose landmarks cannot define an alignment
     ERROR = "error"  # an unexpected exception in a stage; detail holds the message
+    # downloads (fgid_builder.fetch) and planned inputs
+    HTTP_404 = "http_404"  # 404 / 410
+    HTTP_4XX = "http_4xx"  # any other 4xx answer (403, 429 after the retries, ...)
+    HTTP_5XX = "http_5xx"  # a server error after the retries
+    HTTP_ERROR = "http_error"  # no usable answer: connection refused or dropped, bad redirect
+    OPTED_OUT = "opted_out"  # the owner opted out (X-Robots-Tag noai/noimageai, an opt-out list)
+    CHANGED_SINCE_PLAN = "changed_since_plan"  # the bytes read differ from the planned sha256
 
 
 class ImageRejected(Exception):

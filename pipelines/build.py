@@ -45,8 +45,16 @@ from typing import Any
 import click
 
 from fgid_builder.faces import DEFAULT_MAX_FACES, DEFAULT_MIN_FACE
+from fgid_builder.fetch import (
+    DEFAULT_PER_HOST,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    FetchPolicy,
+    is_url,
+)
 from fgid_builder.io import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_INPUT_BYTES, DEFAULT_READ_TIMEOUT
 from fgid_builder.lock import LockHeld
+from fgid_builder.manifest import ManifestError
 from fgid_builder.registry import DEFAULTS, available
 from fgid_builder.schema import SCHEMA_VERSION, ModelFileError
 from fgid_builder.stage_resources import (
@@ -72,6 +80,9 @@ PLAN = "plan.parquet"
 INDEX = "index.parquet"
 SETTINGS = "build.json"
 RAY_LOG = "ray.log"  # under LOGS: Ray's own messages, unless --verbose
+
+
+PLAN_ON = ("auto", "driver", "cluster")
 
 
 class BuildError(Exception):
@@ -137,6 +148,17 @@ class BuildConfig:
     read_timeout: float = DEFAULT_READ_TIMEOUT
     follow_external_symlinks: bool = False
     max_entries: int = DEFAULT_MAX_ENTRIES
+    # downloads (fgid_builder.fetch): http(s) URLs; --max-input-bytes caps them too
+    fetch_timeout: float = DEFAULT_TIMEOUT
+    fetch_retries: int = DEFAULT_RETRIES
+    per_host: int = DEFAULT_PER_HOST
+    robots: bool = True  # honour X-Robots-Tag noai/noimageai (rejects with `opted_out`)
+    # a rerun whose INPUT lists new inputs: plan them into new shards after the existing ones
+    # (without it, inputs that differ from OUT's plan are refused, exit 2)
+    append: bool = False
+    # where a new plan hashes (and downloads) its inputs: "driver" (threads here, while Ray
+    # starts), "cluster" (Ray tasks), "auto" (the cluster when joining one with --address)
+    plan_on: str = "auto"
     # per stage: batch size, actors, GPUs/CPUs per actor, backend options (`--stage-config`
     # YAML + `--{detector,parser,embedder,captioner}-{option,batch-size,gpus,concurrency}`)
     resources: StageResources = field(default_factory=StageResources)
@@ -162,6 +184,14 @@ class BuildConfig:
             raise BuildError("--read-timeout must be > 0")
         if self.max_entries < 1:
             raise BuildError("--max-entries must be >= 1")
+        if self.plan_on not in PLAN_ON:
+            raise BuildError(f"--plan-on must be one of {', '.join(PLAN_ON)}")
+        try:
+            self.fetch_policy()
+        except ValueError as e:
+            raise BuildError(
+                f"--fetch-timeout must be > 0, --fetch-retries >= 0, --per-host >= 1 ({e})"
+            ) from None
         for stage, name in self.backends().items():
             if name not in available(stage):
                 raise BuildError(
@@ -189,9 +219,26 @@ class BuildConfig:
 
     def input_kind(self) -> str:
         """What build.json records of INPUT: its kind, never its path."""
+        from fgid_builder.manifest import is_manifest
+
         if self.demo:
             return "--demo"
+        if is_manifest(str(self.input)):
+            return "manifest"
         return "folder" if os.path.isdir(str(self.input)) else "list file"
+
+    def plans_on_cluster(self) -> bool:
+        return self.plan_on == "cluster" or (self.plan_on == "auto" and bool(self.address))
+
+    def fetch_policy(self) -> FetchPolicy:
+        return FetchPolicy(
+            timeout=self.fetch_timeout,
+            retries=self.fetch_retries,
+            per_host=self.per_host,
+            max_bytes=self.max_input_bytes,
+            read_timeout=self.read_timeout,
+            honour_robots=self.robots,
+        )
 
     def input_base(self) -> str | None:
         """The folder the plan's paths are relative to (None for --demo: pkg:// paths)."""
@@ -482,26 +529,62 @@ def _demo_listing() -> list[Any]:
     return sorted(listed, key=lambda item: item.uri)
 
 
-def _list_for_plan(cfg: BuildConfig) -> list[Any]:
-    from pipelines.plan import ListingError, list_inputs
+class _Listing:
+    """INPUT's listing, iterated once: `first` (a folder or list file: everything; a manifest:
+    its first batch, read here so a bad manifest fails early with exit 2) then the rest of a
+    manifest, streamed into the plan batch by batch, never held whole."""
+
+    def __init__(self, first: list[Any], rest: Iterator[Any] | None = None):
+        self.first = first
+        self.rest = rest if rest is not None else iter(())
+
+    def __iter__(self) -> Iterator[Any]:
+        yield from self.first
+        yield from self.rest
+
+
+def _list_for_plan(cfg: BuildConfig) -> _Listing:
+    import itertools
+
+    from fgid_builder.manifest import ManifestError, is_manifest
+    from pipelines.plan import LISTING_BATCH, ListingError, iter_inputs, list_inputs
 
     try:
         if cfg.demo:
-            return _demo_listing()
-        return list_inputs(
-            cfg.input,
-            follow_external_symlinks=cfg.follow_external_symlinks,
-            max_entries=cfg.max_entries,
+            return _Listing(_demo_listing())
+        if is_manifest(str(cfg.input)):
+            it = iter_inputs(cfg.input)
+            return _Listing(list(itertools.islice(it, LISTING_BATCH)), it)
+        return _Listing(
+            list_inputs(
+                cfg.input,
+                follow_external_symlinks=cfg.follow_external_symlinks,
+                max_entries=cfg.max_entries,
+            )
         )
-    except (FileNotFoundError, ListingError) as e:
+    except (FileNotFoundError, ListingError, ManifestError) as e:
         raise BuildError(str(e)) from None
 
 
-def _make_plan(cfg: BuildConfig, out: Path, listed: list[Any], threads: int):
-    """Hash the listed inputs and write OUT/plan.parquet (runs in a thread while Ray starts:
-    no Ray calls, and pipelines.plan was imported by the listing)."""
+def _make_plan(
+    cfg: BuildConfig,
+    out: Path,
+    listed: Any,
+    threads: int,
+    after: Any = None,
+    workers: int = 0,
+):
+    """Hash the listed inputs and write OUT/plan.parquet. On the driver this runs in a thread
+    while Ray starts (no Ray calls; pipelines.plan was imported by the listing); `workers`
+    (> 0, Ray started, this thread) hashes on the cluster instead. `after`: the plan that
+    `--append` extends."""
     from pipelines.plan import make_plan, write_plan
 
+    hasher = None
+    if workers:
+        from pipelines.ray_stages import hash_on_ray
+
+        hasher = hash_on_ray(cfg.fetch_policy(), workers=workers)
     plan = make_plan(
         listed,
         shard_size=cfg.shard_size,
@@ -509,22 +592,27 @@ def _make_plan(cfg: BuildConfig, out: Path, listed: list[Any], threads: int):
         base=cfg.input_base(),
         max_bytes=cfg.max_input_bytes,
         timeout=cfg.read_timeout,
+        fetch=cfg.fetch_policy(),
+        after=after,
+        hasher=hasher,
     )
     write_plan(out / PLAN, plan)
     return plan
 
 
 def _merge_final_index(out: Path, plan, shards: Sequence[str]) -> Any:
-    import pyarrow as pa
+    """Merge the shards' index parts and the planning rejects into OUT/index.parquet, streaming
+    (memory bounded by the merge's fan-in, not by the rows); returns its status and reason
+    columns."""
+    import pyarrow.parquet as pq
 
-    from fgid_builder.index import read_index, rows_table, write_index
+    from fgid_builder.index import merge_sorted, rows_table
     from pipelines.plan import plan_reject_rows
 
-    tables = [read_index(out / PARTS / f"{s}.parquet") for s in shards]
-    tables.append(rows_table(plan_reject_rows(plan)))
-    table = pa.concat_tables(tables)
-    write_index(out / INDEX, table)
-    return table
+    sources: list[Any] = [out / PARTS / f"{s}.parquet" for s in shards]
+    sources.append(rows_table(plan_reject_rows(plan)))
+    merge_sorted(sources, out / INDEX)
+    return pq.read_table(out / INDEX, columns=["status", "reason"])
 
 
 @contextlib.contextmanager
@@ -785,14 +873,22 @@ def _plan_and_start_ray(
     started = False
     if (out / PLAN).is_file():
         log.info("resuming: reading the plan in %s", out / PLAN)
-        plan = read_plan(out / PLAN)
+        plan = _checked_plan(cfg, out, read_plan(out / PLAN), threads)
         summary.seconds_plan = time.perf_counter() - t0
     else:
         listed = _list_for_plan(cfg)
-        if any(
+        maybe_work = any(
             item.reason is None and _could_be_image(item.path, cfg.max_input_bytes)
-            for item in listed
-        ):
+            for item in listed.first
+        )
+        if maybe_work and cfg.plans_on_cluster():
+            _start_ray(cfg, summary, ray_session)
+            started = True
+            t_hash = time.perf_counter()
+            plan = _make_plan(cfg, out, listed, threads, workers=summary.workers)
+            summary.seconds_plan = (t_hash - t0) + time.perf_counter() - t_hash
+            summary.seconds_plan -= summary.seconds_ray_start
+        elif maybe_work:
             t_hash = time.perf_counter()
             hashing = background.submit(_timed, _make_plan, cfg, out, listed, threads)
             summary.planned_while_ray_started = True
@@ -821,10 +917,40 @@ def _plan_and_start_ray(
     return plan, sizes, todo, images
 
 
+def _checked_plan(cfg: BuildConfig, out: Path, plan: Any, threads: int) -> Any:
+    """OUT's plan when this run's INPUT lists the same inputs; with `--append`, the plan
+    extended by the new ones (written before any work); a BuildError (exit 2) otherwise."""
+    from pipelines.plan import compare_inputs
+
+    listed = _list_for_plan(cfg)
+    changes = compare_inputs(
+        plan, listed, base=cfg.input_base(), threads=threads, fetch=cfg.fetch_policy()
+    )
+    if not changes:
+        return plan
+    if not cfg.append:
+        raise BuildError(
+            f"the inputs differ from the plan in {out}: {changes.summary()}; rerun with "
+            "--append to add the new inputs in new shards, or build into a new OUT"
+        )
+    if changes.removed or changes.changed:
+        raise BuildError(
+            f"--append only adds inputs, but {changes.summary()}; removing a person is "
+            "`fgid erase`, changed files need a new OUT"
+        )
+    before = plan.num_rows
+    plan = _make_plan(cfg, out, changes.added, threads, after=plan)
+    log.info("appending %d inputs to the plan (rows %d-%d)", len(changes.added), before,
+             plan.num_rows - 1)  # fmt: skip
+    return plan
+
+
 def _could_be_image(path: str, max_bytes: int) -> bool:
-    """A regular file of 1..max_bytes bytes (a stat, nothing opened)."""
+    """A regular file of 1..max_bytes bytes (a stat, nothing opened); a URL: maybe."""
     import stat
 
+    if is_url(path):
+        return True  # a download or an object: read by the planning
     try:
         st = os.stat(path)
     except OSError:
@@ -891,7 +1017,7 @@ def _check_inputs_present(cfg: BuildConfig, images: list[dict[str, Any]]) -> Non
     mistake to stop at (not a shard of `unreadable` rejects)."""
     from pipelines.plan import row_path
 
-    missing = [r for r in images if not os.path.exists(row_path(r))]
+    missing = [r for r in images if not is_url(r["path"]) and not os.path.exists(row_path(r))]
     if missing and len(missing) == len(images):
         raise BuildError(
             f"none of the {len(images)} planned inputs still to process is under "
@@ -1033,7 +1159,8 @@ def _parse_stage_values(opt: str, values: Sequence[str], cast) -> dict[str, Any]
     type=int,
     default=DEFAULT_MAX_INPUT_BYTES,
     show_default=True,
-    help="An input file larger than this is a `too_large` reject, never read.",
+    help="An input (file, object or download) larger than this is a `too_large` reject, "
+    "never read whole.",
 )
 @click.option(
     "--read-timeout",
@@ -1068,6 +1195,51 @@ def _parse_stage_values(opt: str, values: Sequence[str], cast) -> dict[str, Any]
     help="Write the QA report OUT/report/index.html at the end (as `fgid report OUT`). If it "
     "fails the dataset is kept and the error printed; exit 1 only with --strict.",
 )
+@click.option(
+    "--fetch-timeout",
+    type=float,
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    help="Seconds per download attempt (connect, each read and the whole body); then a "
+    "`timeout` reject.",
+)
+@click.option(
+    "--fetch-retries",
+    type=int,
+    default=DEFAULT_RETRIES,
+    show_default=True,
+    help="Extra attempts, with exponential backoff, after a timeout, a dropped connection, "
+    "a 5xx or a 429.",
+)
+@click.option(
+    "--per-host",
+    type=int,
+    default=DEFAULT_PER_HOST,
+    show_default=True,
+    help="Downloads in flight per host from each worker process (planning: from the driver).",
+)
+@click.option(
+    "--robots/--ignore-robots",
+    default=True,
+    show_default=True,
+    help="Honour the `X-Robots-Tag: noai/noimageai` opt-out of downloads (`opted_out` rejects).",
+)
+@click.option(
+    "--plan-on",
+    type=click.Choice(list(PLAN_ON)),
+    default="auto",
+    show_default=True,
+    help="Where a new plan hashes and downloads its inputs: driver (threads, while Ray "
+    "starts), cluster (Ray tasks), auto (the cluster when joining one with --address). The "
+    "plan is the same either way.",
+)
+@click.option(
+    "--append",
+    is_flag=True,
+    help="OUT was planned from fewer inputs: plan the new ones into new shards after the "
+    "existing ones (deterministic). Without it a rerun whose inputs differ from OUT's plan "
+    "(added, removed or changed files) is refused with exit 2.",
+)
 @click_options
 def build_command(
     input: str | None,
@@ -1076,10 +1248,16 @@ def build_command(
     gpus: tuple[str, ...],
     **options: Any,
 ) -> None:
-    """Build an FGID dataset from INPUT (a folder, searched recursively, or a text file of
-    paths) into OUT: OUT/shards/NNNNNN.tar + .json, OUT/index.parquet.
+    """Build an FGID dataset from INPUT into OUT: OUT/shards/NNNNNN.tar + .json,
+    OUT/index.parquet. INPUT is a folder (searched recursively), a text file of paths, or a
+    manifest (.parquet/.csv/.jsonl, local or on an object store such as s3://) with a `url`
+    or `path` column; its other columns pass through to each sample's JSON (`source.extra`)
+    and the index (`extra`). URLs are downloaded in the workers (--fetch-*, --per-host,
+    --max-input-bytes, --robots).
 
-    Re-running the same command resumes: committed shards are kept, the rest is redone.
+    Re-running the same command resumes: committed shards are kept, the rest is redone. A
+    rerun whose INPUT differs from OUT's plan is refused (exit 2, with what was added, removed
+    or changed) unless --append, which plans the added inputs into new shards.
 
     Per-stage settings: `--stage-config FILE` (YAML: stage -> batch_size, concurrency,
     num_gpus, num_cpus, options) and the flags `--detector-option KEY=VALUE` (repeatable, the
@@ -1106,7 +1284,7 @@ def build_command(
             **options,
         )
         summary = run_build_watched(cfg)
-    except (BuildError, ModelFileError, LockHeld) as e:
+    except (BuildError, ModelFileError, LockHeld, ManifestError) as e:
         click.echo(f"fgid build: {e}", err=True)
         sys.exit(EXIT_REFUSED)
     except RunFailed as e:

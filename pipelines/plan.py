@@ -23,15 +23,17 @@ import io
 import logging
 import os
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from fgid_builder.fetch import Fetcher, FetchPolicy, is_url
 from fgid_builder.index import reject_row
 from fgid_builder.io import (
     DEFAULT_MAX_ENTRIES,
@@ -74,6 +76,8 @@ PLAN_SCHEMA = pa.schema(
         pa.field("shard", pa.string()),  # "000042" for planned images
         # the raw bytes of `path` when it is not UTF-8 (then `path`/`source_uri` are escaped)
         pa.field("path_bytes", pa.binary()),
+        # a manifest row's pass-through columns: canonical JSON of a string -> string map
+        pa.field("extra", pa.string()),
     ]
 )
 
@@ -122,6 +126,7 @@ class Listed:
     path: str
     reason: Reason | None = None
     detail: str = ""
+    extra: str | None = None  # a manifest row's pass-through columns (canonical JSON)
 
 
 def _abs(path: str | os.PathLike) -> str:
@@ -251,6 +256,36 @@ def read_list_file(
     return out
 
 
+def read_manifest(manifest: str) -> Iterator[Listed]:
+    """A manifest's rows (fgid_builder.manifest), in the manifest's order, read batch by batch;
+    a row without a location is an UNREADABLE entry."""
+    from fgid_builder.manifest import iter_manifest
+
+    for batch in iter_manifest(manifest):
+        for row in batch:
+            extra = None if row.extra == "{}" else row.extra  # no pass-through columns
+            if not row.location:
+                uri = f"{manifest}#row={row.row}"
+                yield Listed(uri, uri, Reason.UNREADABLE, "empty url/path", extra)
+            else:
+                yield Listed(row.uri, row.location, extra=extra)
+
+
+def iter_inputs(
+    source: str | os.PathLike | Sequence[str | os.PathLike], **listing: Any
+) -> Iterator[Listed]:
+    """`list_inputs`, streamed where the input allows it: a manifest is read batch by batch
+    (a manifest's errors surface when its first batch is read). `listing`: list_inputs'
+    options for folders and list files."""
+    from fgid_builder.manifest import is_manifest
+
+    if isinstance(source, str | os.PathLike) and is_manifest(os.fspath(source)):
+        if not is_url(os.fspath(source)) and not os.path.isfile(source):
+            raise FileNotFoundError(f"manifest not found: {source}")
+        return read_manifest(os.fspath(source))
+    return iter(list_inputs(source, **listing))
+
+
 def list_inputs(
     source: str | os.PathLike | Sequence[str | os.PathLike],
     *,
@@ -258,10 +293,18 @@ def list_inputs(
     max_entries: int = DEFAULT_MAX_ENTRIES,
     max_depth: int = DEFAULT_MAX_DEPTH,
 ) -> list[Listed]:
-    """A folder, a list file, or an explicit sequence of paths -> listed inputs, sorted by uri.
+    """A folder, a list file, a manifest, or an explicit sequence of paths -> listed inputs,
+    sorted by uri, except a manifest's: those keep the manifest's row order.
 
-    The same uri listed twice is kept once (it is the same input, not a copy). A list file
+    The same uri listed twice is kept once (it is the same input, not a copy); a manifest's
+    repeated rows are all kept (the hashing makes the later ones `duplicate` rows). A list file
     names its inputs explicitly: its entries are read wherever they are (no INPUT to leave)."""
+    from fgid_builder.manifest import is_manifest
+
+    if isinstance(source, str | os.PathLike) and is_manifest(os.fspath(source)):
+        if not is_url(os.fspath(source)) and not os.path.isfile(source):
+            raise FileNotFoundError(f"manifest not found: {source}")
+        return list(read_manifest(os.fspath(source)))
     if isinstance(source, str | os.PathLike):
         src = Path(source)
         if src.is_dir():
@@ -283,6 +326,21 @@ def list_inputs(
     for item in listed:
         unique.setdefault(item.uri, item)
     return [unique[u] for u in sorted(unique)]
+
+
+def hash_input(
+    path: str, fetcher: Fetcher | None = None
+) -> tuple[str | None, int | None, Reason | None, str]:
+    """`hash_file` of a local path; the downloaded (or fsspec-read) bytes of a URL."""
+    fetcher = fetcher or Fetcher()
+    if not is_url(path):
+        p = fetcher.policy
+        return hash_file(path, max_bytes=p.max_bytes, timeout=p.read_timeout)
+    try:
+        data = fetcher.read(path)
+    except ImageRejected as e:
+        return None, None, e.reason, e.detail
+    return hashlib.sha256(data).hexdigest(), len(data), None, ""
 
 
 def hash_file(
@@ -309,6 +367,8 @@ def input_base(source: str | os.PathLike | None) -> str | None:
     a list file; None for an explicit sequence of paths (or package photos)."""
     if source is None or not isinstance(source, str | os.PathLike):
         return None
+    if is_url(os.fspath(source)):
+        return None  # a manifest on an object store: its locations are resolved URLs
     src = Path(source)
     if src.is_dir():
         return _abs(src)
@@ -338,6 +398,8 @@ def plan_path(item: Listed, base: str | None) -> str:
     surrogate-escaped bytes (a name that is not UTF-8): `plan_path_columns` stores it."""
     if item.uri.startswith(PKG_SCHEME):
         return item.uri
+    if is_url(item.path):
+        return item.path
     if base is not None:
         rel = os.path.relpath(item.path, base)
         if not rel.startswith(os.pardir + os.sep) and rel != os.pardir:
@@ -372,77 +434,317 @@ def resolve_path(path: str, base: str | None) -> str:
         if root is None:
             return path  # read_input then reports it unreadable, with this uri
         return str(root / rel)
-    if os.path.isabs(path) or base is None:
+    if is_url(path) or os.path.isabs(path) or base is None:
         return path
     return os.path.join(base, path)
 
 
+HASH_COLUMNS = pa.schema(
+    [
+        ("source_sha256", pa.string()),
+        ("source_bytes", pa.int64()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
+LISTING_BATCH = 8192  # inputs per listing / hashing batch (one Ray task when on the cluster)
+
+
+def hash_paths(
+    paths: Sequence[str], fetch: FetchPolicy | None = None, threads: int = 4
+) -> pa.RecordBatch:
+    """sha256, size, reason, detail of each path (files hashed, URLs downloaded), as one
+    record batch in `HASH_COLUMNS`: the unit of hashing work, in a worker or in the driver."""
+    fetcher = Fetcher(fetch)
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        results = list(pool.map(lambda p: hash_input(p, fetcher), paths))
+    return pa.record_batch(
+        [
+            pa.array([r[0] for r in results], pa.string()),
+            pa.array([r[1] for r in results], pa.int64()),
+            pa.array([None if r[2] is None else r[2].value for r in results], pa.string()),
+            pa.array([r[3] or None for r in results], pa.string()),
+        ],
+        schema=HASH_COLUMNS,
+    )
+
+
+# batches of paths -> their HASH_COLUMNS (record batches or tables), in the same order
+HashRunner = Callable[[Iterable[list[str]]], Iterable[pa.RecordBatch | pa.Table]]
+
+
+def hash_in_threads(fetch: FetchPolicy | None = None, threads: int = 4) -> HashRunner:
+    """Hash batches of paths in this process, `threads` at a time."""
+
+    def run(batches: Iterable[list[str]]) -> Iterator[pa.RecordBatch]:
+        for paths in batches:
+            yield hash_paths(paths, fetch, threads)
+
+    return run
+
+
+def _listing_batches(listed: Iterable[Listed], size: int) -> Iterator[list[Listed]]:
+    batch: list[Listed] = []
+    for item in listed:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def make_plan(
-    listed: Sequence[Listed],
+    listed: Iterable[Listed],
     *,
     shard_size: int,
     threads: int = 4,
     base: str | None = None,
+    fetch: FetchPolicy | None = None,
+    after: pa.Table | None = None,
+    hasher: HashRunner | None = None,
     max_bytes: int | None = DEFAULT_MAX_INPUT_BYTES,
     timeout: float | None = DEFAULT_READ_TIMEOUT,
 ) -> pa.Table:
-    """Hash every input (threads: hashing and reads release the GIL), keep the first path of each
-    content, and cut the unique images into shards of `shard_size` in input order. `base`: the
-    folder the `path` column is made relative to (`input_base(INPUT)`). Inputs over `max_bytes`
-    or slower to read than `timeout` are rejects."""
+    """Hash every input, keep the first path of each content, and cut the unique images into
+    shards of `shard_size` in input order. `base`: the folder the `path` column is made
+    relative to (`input_base(INPUT)`); `fetch`: how URLs are downloaded (their downloaded
+    bytes are what the plan hashes); `hasher`: where batches of paths are hashed (default:
+    `threads` threads here; `pipelines.ray_stages.hash_on_ray` on the cluster).
+
+    The listing is consumed in batches and kept as Arrow columns only; duplicates and shards
+    are vectorised passes over those columns, so the driver holds about the plan's own bytes
+    per input (see benchmarks/plan_scale.py), never a Python object per input.
+
+    `after` (`--append`): an existing plan that `listed` extends; its rows are kept as they are,
+    the new inputs come after them in order and in new shards after its last one, and a new
+    input with the bytes of a planned one is its `duplicate`. Inputs over `max_bytes` or
+    slower to read than `timeout` are rejects (`fetch`, when given, says both for URLs too)."""
     if shard_size < 1:
         raise ValueError("shard_size must be >= 1")
-    to_hash = [i for i, item in enumerate(listed) if item.reason is None]
-
-    def hash_one(path: str) -> tuple[str | None, int | None, Reason | None, str]:
-        return hash_file(path, max_bytes=max_bytes, timeout=timeout)
-
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        hashed = dict(
-            zip(to_hash, pool.map(hash_one, [listed[i].path for i in to_hash]), strict=True)
+    if fetch is None:
+        fetch = FetchPolicy(
+            max_bytes=max_bytes or DEFAULT_MAX_INPUT_BYTES,
+            read_timeout=timeout or DEFAULT_READ_TIMEOUT,
         )
-    rows: list[dict[str, Any]] = []
-    first_by_sha: dict[str, str] = {}
-    for order, item in enumerate(listed):
-        row: dict[str, Any] = {
-            "order": order,
-            "source_uri": item.uri,
-            **plan_path_columns(plan_path(item, base)),
-            "status": REJECTED,
+    hasher = hasher or hash_in_threads(fetch, threads)
+    listing: list[pa.RecordBatch] = []
+
+    def paths_to_hash() -> Iterator[list[str]]:
+        for batch in _listing_batches(listed, LISTING_BATCH):
+            listing.append(_listing_record_batch(batch, base))
+            yield [item.path for item in batch if item.reason is None]
+
+    hashed = list(hasher(paths_to_hash()))
+    table = _plan_columns(listing, hashed, shard_size=shard_size, after=after)
+    if after is not None:
+        table = pa.concat_tables([after.cast(PLAN_SCHEMA), table]).combine_chunks()
+    return table
+
+
+_LISTING_SCHEMA = pa.schema(
+    [
+        ("source_uri", pa.string()),
+        ("path", pa.string()),
+        ("path_bytes", pa.binary()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("extra", pa.string()),
+    ]
+)
+
+
+def _listing_record_batch(batch: Sequence[Listed], base: str | None) -> pa.RecordBatch:
+    paths = [plan_path_columns(plan_path(i, base)) for i in batch]
+    return pa.record_batch(
+        [
+            pa.array([i.uri for i in batch], pa.string()),
+            pa.array([p["path"] for p in paths], pa.string()),
+            pa.array([p["path_bytes"] for p in paths], pa.binary()),
+            pa.array([None if i.reason is None else i.reason.value for i in batch], pa.string()),
+            pa.array([i.detail if i.reason is not None else None for i in batch], pa.string()),
+            pa.array([i.extra for i in batch], pa.string()),
+        ],
+        schema=_LISTING_SCHEMA,
+    )
+
+
+def _plan_columns(
+    listing: list[pa.RecordBatch],
+    hashed: list[pa.RecordBatch],
+    *,
+    shard_size: int,
+    after: pa.Table | None,
+) -> pa.Table:
+    """The plan rows of the listing (in order) from its hashes, vectorised."""
+    import numpy as np
+
+    lst = pa.Table.from_batches(listing, schema=_LISTING_SCHEMA).combine_chunks()
+    n = lst.num_rows
+    listed_ok = pc.is_null(lst.column("reason")).to_numpy(zero_copy_only=False)
+    # scatter the hash results (rows listed without a problem) back to listing positions
+    tables = [
+        h if isinstance(h, pa.Table) else pa.Table.from_batches([h], schema=HASH_COLUMNS)
+        for h in hashed
+    ]
+    hashes = pa.concat_tables([HASH_COLUMNS.empty_table(), *tables]).combine_chunks()
+    if hashes.num_rows != int(listed_ok.sum()):
+        raise RuntimeError("the hashing returned another number of rows than it was given")
+    pos = np.full(n, -1, dtype=np.int64)
+    pos[listed_ok] = np.arange(hashes.num_rows)
+    take = pa.array(pos, mask=pos < 0)
+    sha = hashes.column("source_sha256").take(take)
+    size = hashes.column("source_bytes").take(take)
+    reason = pc.coalesce(lst.column("reason"), hashes.column("reason").take(take))
+    detail = pc.if_else(listed_ok, hashes.column("detail").take(take), lst.column("detail"))
+    start_order, first_shard, known = 0, 0, None
+    if after is not None and after.num_rows:
+        start_order = int(pc.max(after.column("order")).as_py()) + 1
+        shards = pc.drop_null(after.column("shard"))
+        first_shard = int(pc.max(shards).as_py()) + 1 if len(shards) else 0
+        kept = after.filter(pc.equal(after.column("status"), PLANNED))
+        known = (kept.column("source_sha256"), kept.column("source_uri"))
+    order = np.arange(start_order, start_order + n, dtype=np.int64)
+    no_reason = pc.is_null(reason).to_numpy(zero_copy_only=False)
+    size_np = pc.fill_null(size, -1).to_numpy(zero_copy_only=False)
+    empty = no_reason & (size_np == 0)  # every empty file has the same hash; none is a copy
+    candidate = no_reason & ~empty
+    # the first input of each content is kept, the others are its duplicates
+    enc = pc.dictionary_encode(pc.fill_null(sha, "")).combine_chunks()
+    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    first = np.full(len(enc.dictionary), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, codes[candidate], np.flatnonzero(candidate))
+    first_uri = lst.column("source_uri").take(pa.array(np.where(candidate, first[codes], 0)))
+    if known is not None:  # the bytes of an input the existing plan keeps
+        where = pc.fill_null(pc.index_in(enc.dictionary, value_set=known[0]), -1)
+        where = where.to_numpy(zero_copy_only=False).astype(np.int64)
+        in_old = where[codes] >= 0
+        old_uri = known[1].take(pa.array(np.where(in_old, where[codes], 0)))
+        first_uri = pc.if_else(pa.array(in_old), old_uri, first_uri)
+    else:
+        in_old = np.zeros(n, dtype=bool)
+    planned = candidate & ~in_old & (first[codes] == np.arange(n))
+    dup = candidate & ~planned
+    reason = pc.if_else(pa.array(empty), pa.scalar(Reason.EMPTY_FILE.value), reason)
+    reason = pc.if_else(pa.array(dup), pa.scalar(Reason.DUPLICATE.value), reason)
+    detail = pc.if_else(pa.array(empty), pa.scalar("0 bytes"), detail)
+    detail = pc.if_else(
+        pa.array(dup), pc.binary_join_element_wise("same bytes as ", first_uri, ""), detail
+    )
+    duplicate_of = pc.if_else(
+        pa.array(dup), pc.utf8_slice_codeunits(sha, 0, 16), pa.nulls(n, pa.string())
+    )
+    rank = np.cumsum(planned) - 1
+    shard_ids = pa.array(first_shard + rank // shard_size, mask=~planned)
+    shard = pc.utf8_lpad(pc.cast(shard_ids, pa.string()), 6, "0")
+    status = pc.if_else(pa.array(planned), pa.scalar(PLANNED), pa.scalar(REJECTED))
+    table = pa.table(
+        {
+            "order": pa.array(order),
+            "source_uri": lst.column("source_uri"),
+            "path": lst.column("path"),
+            "path_bytes": lst.column("path_bytes"),
+            "status": status,
+            "reason": reason,
+            "detail": detail,
+            "source_sha256": sha,
+            "source_bytes": size,
+            "duplicate_of": duplicate_of,
+            "shard": shard,
+            "extra": lst.column("extra"),
         }
-        if item.reason is not None:
-            row.update(reason=item.reason.value, detail=item.detail)
-            rows.append(row)
-            continue
-        sha, size, reason, detail = hashed[order]
-        row.update(source_sha256=sha, source_bytes=size)
-        if reason is not None:
-            row.update(reason=reason.value, detail=detail)
-        elif size == 0:  # every empty file has the same hash; none is a copy of another
-            row.update(reason=Reason.EMPTY_FILE.value, detail="0 bytes")
-        elif sha in first_by_sha:
-            row.update(
-                reason=Reason.DUPLICATE.value,
-                detail=f"same bytes as {first_by_sha[sha]}",
-                duplicate_of=sha[:16],
+    )
+    return table.select(PLAN_SCHEMA.names).cast(PLAN_SCHEMA)
+
+
+@dataclass
+class InputChanges:
+    """How this run's inputs differ from OUT's plan (`compare_inputs`)."""
+
+    added: list[Listed]
+    removed: list[str]
+    changed: list[str]  # same uri, other bytes (or other pass-through columns)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+    def summary(self) -> str:
+        parts = [
+            f"{len(self.added)} added",
+            f"{len(self.removed)} removed",
+            f"{len(self.changed)} changed bytes",
+        ]
+        examples = [
+            f"{what} e.g. {items[0]}"
+            for what, items in (
+                ("added", [i.uri for i in self.added]),
+                ("removed", self.removed),
+                ("changed", self.changed),
             )
-        else:
-            first_by_sha[sha] = item.uri
-            row.update(status=PLANNED)
-        rows.append(row)
-    shard_of = assign_shards((r["order"] for r in rows if r["status"] == PLANNED), shard_size)
+            if items
+        ]
+        return ", ".join(parts) + (f" ({'; '.join(examples)})" if examples else "")
+
+
+def compare_inputs(
+    plan: pa.Table,
+    listed: Iterable[Listed],
+    *,
+    base: str | None,
+    threads: int = 4,
+    fetch: FetchPolicy | None = None,
+) -> InputChanges:
+    """This run's listing against the plan: inputs added, removed, and changed in place.
+
+    Local files (and package photos) the plan hashed are hashed again (a same-size edit is a
+    change too); URLs and objects are compared by uri only, since a resume must not depend on
+    a server answering the same way twice (what is not committed yet is checked against the
+    planned sha256 when it is read: `changed_since_plan`)."""
+    from collections import Counter
+
+    rows = plan.select(["source_uri", "path", "source_sha256", "extra"]).to_pylist()
+    planned_count = Counter(r["source_uri"] for r in rows)
+    by_uri: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        if r["status"] == PLANNED:
-            r["shard"] = shard_of[r["order"]]
-    return pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)
+        by_uri.setdefault(r["source_uri"], []).append(r)
+    seen: Counter[str] = Counter()
+    added: list[Listed] = []
+    pairs: list[tuple[Listed, dict[str, Any]]] = []
+    for item in listed:
+        n = seen[item.uri]
+        seen[item.uri] += 1
+        if n >= planned_count[item.uri]:
+            added.append(item)
+        else:
+            pairs.append((item, by_uri[item.uri][n]))
+    removed = sorted(u for u, n in planned_count.items() if seen[u] < n)
+    changed: set[str] = {item.uri for item, r in pairs if (item.extra or None) != r["extra"]}
+    to_hash = [
+        (item, r)
+        for item, r in pairs
+        if r["source_sha256"] and item.reason is None and not is_url(item.path)
+    ]
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        policy = fetch or FetchPolicy()
+        hashes = pool.map(
+            lambda p: hash_file(p[0].path, max_bytes=policy.max_bytes, timeout=policy.read_timeout)[
+                0
+            ],
+            to_hash,
+        )
+        for (item, r), sha in zip(to_hash, hashes, strict=True):
+            if sha != r["source_sha256"]:
+                changed.add(item.uri)
+    return InputChanges(added=added, removed=removed, changed=sorted(changed))
 
 
-def assign_shards(orders: Iterable[int], shard_size: int) -> dict[int, str]:
+def assign_shards(orders: Iterable[int], shard_size: int, *, first: int = 0) -> dict[int, str]:
     """The shard rule, shared by the plan and `fgid stage shard`: the unique images, in input
-    order, cut every `shard_size`. `orders`: the input positions of the images kept."""
+    order, cut every `shard_size`, numbered from `first`. `orders`: the input positions of the
+    images kept."""
     if shard_size < 1:
         raise ValueError("shard_size must be >= 1")
-    return {o: shard_name(i // shard_size) for i, o in enumerate(sorted(set(orders)))}
+    return {o: shard_name(first + i // shard_size) for i, o in enumerate(sorted(set(orders)))}
 
 
 def plan_bytes(plan: pa.Table) -> bytes:
@@ -496,4 +798,5 @@ def plan_reject_rows(plan: pa.Table) -> Iterable[dict[str, Any]]:
             source_sha256=r["source_sha256"],
             source_bytes=r["source_bytes"],
             duplicate_of=r["duplicate_of"],
+            extra=r["extra"],
         )

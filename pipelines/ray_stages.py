@@ -31,6 +31,7 @@ from typing import Any
 import pyarrow as pa
 
 from fgid_builder.faces import DEFAULT_MAX_FACES, DEFAULT_MIN_FACE
+from fgid_builder.fetch import Fetcher, FetchPolicy
 from fgid_builder.schema import ImageRejected, ModelFileError, Reason
 
 STAGE_NAMES: tuple[str, ...] = ("detect", "parse", "embed", "caption", "encode")
@@ -44,6 +45,7 @@ INPUT_SCHEMA = pa.schema(
         ("path_bytes", pa.binary()),  # raw bytes of a path that is not UTF-8, else null
         ("source_sha256", pa.string()),
         ("source_bytes", pa.int64()),
+        ("extra", pa.string()),  # a manifest row's pass-through columns (JSON), or null
     ]
 )
 ROW_SCHEMA = pa.schema(
@@ -71,8 +73,7 @@ class StageSettings:
     max_faces: int = DEFAULT_MAX_FACES
     # stage -> backend constructor kwargs (`--captioner-option model=...`, YAML `options:`)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    max_input_bytes: int | None = None  # None: fgid_builder.io's default
-    read_timeout: float | None = None  # None: fgid_builder.io's default
+    fetch: FetchPolicy = field(default_factory=FetchPolicy)  # how inputs are read/downloaded
 
 
 def backend_targets(backends: dict[str, str]) -> dict[str, str]:
@@ -114,6 +115,7 @@ def _reject(row: dict[str, Any], reason: Reason | str, detail: str, **figures: A
             source_sha256=row["source_sha256"],
             source_bytes=row["source_bytes"],
             shard=row["shard"],
+            extra=row.get("extra"),
             **figures,
         ),
         sort_keys=True,
@@ -169,29 +171,25 @@ class DetectStage:
         self.gates = FaceGates(min_face=settings.min_face, max_faces=settings.max_faces)
         self.backend = create_backend(settings, "detect")
         self.model = self.backend.model_info().to_json()
+        self.fetcher = Fetcher(settings.fetch)
 
     def _decode(self, row: dict[str, Any]):
         """The row's `data` (input bytes carried in the row, as `fgid stage` does) when present,
-        else the file at `path`; checked against the planned hash either way."""
-        from fgid_builder.io import (
-            DEFAULT_MAX_INPUT_BYTES,
-            DEFAULT_READ_TIMEOUT,
-            decode_image,
-            read_input,
-        )
+        else the file or URL at `path` (downloaded again: the plan keeps only its hash);
+        checked against the planned hash either way."""
+        from fgid_builder.io import decode_image
         from fgid_builder.schema import sha256_bytes
         from pipelines.plan import row_path
 
         data = row.get("data")
         if data is None:
-            s = self.settings
-            data = read_input(
-                row_path(row),
-                max_bytes=s.max_input_bytes or DEFAULT_MAX_INPUT_BYTES,
-                timeout=s.read_timeout or DEFAULT_READ_TIMEOUT,
-            )
+            data = self.fetcher.read(row_path(row))
             if sha256_bytes(data) != row["source_sha256"]:
-                raise ImageRejected(Reason.ERROR, "the file changed since it was planned")
+                raise ImageRejected(
+                    Reason.CHANGED_SINCE_PLAN,
+                    f"{len(data)} bytes, sha256 {sha256_bytes(data)[:16]}; planned "
+                    f"{row['source_bytes']} bytes, sha256 {row['source_sha256'][:16]}",
+                )
         elif sha256_bytes(data) != row["source_sha256"]:
             raise ImageRejected(Reason.ERROR, "the input bytes do not match their hash")
         return decode_image(data)
@@ -256,7 +254,11 @@ class DetectStage:
             samples, rejects = faces_from_detections(
                 img,
                 dets,
-                source={"uri": row["source_uri"], "sha256": row["source_sha256"]},
+                source={
+                    "uri": row["source_uri"],
+                    "sha256": row["source_sha256"],
+                    "extra": json.loads(row["extra"]) if row.get("extra") else {},
+                },
                 gates=self.gates,
             )
         except ImageRejected as e:
@@ -482,6 +484,39 @@ def plan_pools(
     ]
 
 
+def hash_on_ray(fetch: FetchPolicy, *, workers: int, paths_per_task: int = 512, threads: int = 4):
+    """A `pipelines.plan.make_plan` hasher that hashes (and downloads) on the Ray cluster: each
+    batch of paths is cut into tasks of `paths_per_task`, at most 2 x `workers` in flight; the
+    results come back in order (the plan does not depend on where or when a path was hashed),
+    a small record batch per task (sha256, size, reason, detail), never the bytes."""
+    import collections
+
+    import ray
+
+    import pipelines.plan as plan
+
+    task = ray.remote(num_cpus=1, max_retries=3)(plan.hash_paths)
+
+    def run(batches):
+        pending: collections.deque = collections.deque()
+        for paths in batches:
+            parts = [paths[i : i + paths_per_task] for i in range(0, len(paths), paths_per_task)]
+            refs = [task.remote(p, fetch, threads) for p in parts]
+            pending.append(refs)
+            while sum(len(r) for r in pending) > 2 * max(1, workers) and len(pending) > 1:
+                yield _concat_hashes(ray.get(pending.popleft()))
+        while pending:
+            yield _concat_hashes(ray.get(pending.popleft()))
+
+    return run
+
+
+def _concat_hashes(batches: list[pa.RecordBatch]) -> pa.Table:
+    from pipelines.plan import HASH_COLUMNS
+
+    return pa.Table.from_batches(batches, schema=HASH_COLUMNS)
+
+
 def build_dataset(images: list[dict[str, Any]], cfg: Any, *, workers: int):
     """The Ray dataset of result rows for `images` (plan rows), lazily executed."""
     import ray
@@ -494,8 +529,7 @@ def build_dataset(images: list[dict[str, Any]], cfg: Any, *, workers: int):
         min_face=cfg.min_face,
         max_faces=cfg.max_faces,
         options=cfg.backend_options(),
-        max_input_bytes=cfg.max_input_bytes,
-        read_timeout=cfg.read_timeout,
+        fetch=cfg.fetch_policy(),
     )
     items = [{k: r.get(k) for k in INPUT_SCHEMA.names} for r in images]
     # Blocks of about `batch_size` images, fewer when there are fewer images than that per

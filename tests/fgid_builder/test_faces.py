@@ -78,7 +78,7 @@ def test_gates_validated():
 def test_sample_record_is_filled():
     (s,), _ = _run([_face(200, 100, 200, score=1.5)])
     assert is_valid_key(s.key) and s.key.endswith("_f0")
-    assert s.source == {"uri": "a/b.jpg", "sha256": SHA, "width": 640, "height": 480}
+    assert s.source == {"uri": "a/b.jpg", "sha256": SHA, "width": 640, "height": 480, "extra": {}}
     for k in ("index", "bbox", "landmarks5", "landmarks", "det_score", "size", "area_ratio",
               "yaw", "pitch", "roll", "blur"):  # fmt: skip
         assert k in s.face

@@ -78,3 +78,44 @@ def test_merge_parts(tmp_path):
 def test_empty_index(tmp_path):
     assert write_index(tmp_path / "e.parquet", []) == 0
     assert read_index(tmp_path / "e.parquet").schema.names == list(COLUMNS)
+
+
+def test_streaming_merge_equals_the_in_memory_merge(tmp_path):
+    """merge_sorted over many parts (several rounds of temp runs) gives the bytes of
+    write_index over their concatenation, ties and nulls included; no temp file is left."""
+    import random
+
+    import pyarrow as pa
+
+    from fgid_builder.index import merge_sorted, reject_row, rows_table, sample_row, write_index
+
+    rng = random.Random(0)
+    parts, all_rows = [], []
+    for p in range(40):
+        rows = []
+        for i in range(rng.randint(0, 30)):
+            uri = f"img/{rng.randint(0, 200):04d}-é.jpg"
+            if rng.random() < 0.5:
+                meta = {"key": f"{rng.getrandbits(64):016x}_f{i % 3}",
+                        "source": {"uri": uri, "sha256": "ab" * 32, "extra": {"c": str(i)}},
+                        "face": {"index": i % 3, "bbox": [0, 0, 9, 9]}}  # fmt: skip
+                rows.append(sample_row(meta, shard=f"{p:06d}"))
+            else:
+                reason = rng.choice(["no_face", "duplicate", "http_404"])
+                rows.append(reject_row(source_uri=uri, reason=reason, detail=str(p)))
+        path = tmp_path / "parts" / f"{p:06d}.parquet"
+        path.parent.mkdir(exist_ok=True)
+        write_index(path, rows)
+        parts.append(path)
+        all_rows += rows
+    loose = [reject_row(source_uri=f"img/{i:04d}-é.jpg", reason="unreadable") for i in range(9)]
+    want = tmp_path / "want.parquet"
+    write_index(want, pa.concat_tables([rows_table(all_rows), rows_table(loose)]))
+    got = tmp_path / "out" / "index.parquet"
+    got.parent.mkdir()
+    n = merge_sorted([*parts, rows_table(loose)], got, fan_in=4)
+    assert n == len(all_rows) + len(loose)
+    assert got.read_bytes() == want.read_bytes()
+    assert [p.name for p in got.parent.iterdir()] == ["index.parquet"]
+    merge_sorted([], got)
+    assert read_index(got).num_rows == 0

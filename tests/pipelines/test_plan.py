@@ -263,3 +263,30 @@ def test_image_suffixes_pillow_cannot_decode_are_listed(tmp_path):
     for name in ("a.heic", "b.avif", "c.HEIF", "d.jxl"):
         (root / name).write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(40) + name.encode())
     assert [i.uri for i in list_inputs(root)] == ["a.heic", "b.avif", "c.HEIF", "d.jxl"]
+
+
+def test_append_extends_the_plan_after_its_last_shard(tmp_path):
+    from pipelines.plan import compare_inputs
+
+    root = tmp_path / "in"
+    root.mkdir()
+    for name, data in {"a.jpg": b"aa", "b.jpg": b"bb", "c.jpg": b"cc"}.items():
+        (root / name).write_bytes(data)
+    plan = make_plan(list_inputs(root), shard_size=2, base=input_base(root))
+    assert not compare_inputs(plan, list_inputs(root), base=input_base(root))
+    (root / "d.jpg").write_bytes(b"dd")
+    (root / "e.jpg").write_bytes(b"aa")  # the bytes of a.jpg
+    changes = compare_inputs(plan, list_inputs(root), base=input_base(root))
+    assert [i.uri for i in changes.added] == ["d.jpg", "e.jpg"] and not changes.removed
+    assert changes.summary().startswith("2 added, 0 removed, 0 changed bytes")
+    longer = make_plan(changes.added, shard_size=2, base=input_base(root), after=plan)
+    assert longer.slice(0, plan.num_rows).equals(plan)  # the existing rows untouched
+    rows = longer.to_pylist()[plan.num_rows :]
+    assert [(r["order"], r["source_uri"], r["shard"], r["reason"]) for r in rows] == [
+        (3, "d.jpg", "000002", None),  # after shard 000001 (which held only c.jpg)
+        (4, "e.jpg", None, "duplicate"),
+    ]
+    (root / "b.jpg").write_bytes(b"BB")  # same size, other bytes
+    (root / "c.jpg").unlink()
+    changes = compare_inputs(plan, list_inputs(root), base=input_base(root))
+    assert changes.changed == ["b.jpg"] and changes.removed == ["c.jpg"]
