@@ -167,7 +167,9 @@ def make_parts(root: Path, parts: int, rows: int) -> Path:
 def child(args: argparse.Namespace) -> dict:
     import hashlib
 
-    import pyarrow  # noqa: F401 - imports before the baseline
+    import numpy  # noqa: F401 - imports before the baseline (pandas: pa.array loads it,
+    import pandas  # noqa: F401 - and a build's driver has it loaded by Ray Data anyway)
+    import pyarrow  # noqa: F401
 
     import pipelines.plan as plan_mod
     from fgid_builder.index import merge_sorted, read_index, write_index

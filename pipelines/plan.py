@@ -401,6 +401,9 @@ def plan_path(item: Listed, base: str | None) -> str:
     if is_url(item.path):
         return item.path
     if base is not None:
+        prefix = base.rstrip(os.sep) + os.sep
+        if os.sep == "/" and item.path.startswith(prefix) and "/." not in item.path:
+            return item.path[len(prefix) :]  # relpath's answer for a normalised path under base
         rel = os.path.relpath(item.path, base)
         if not rel.startswith(os.pardir + os.sep) and rel != os.pardir:
             return Path(rel).as_posix()
@@ -458,7 +461,7 @@ def hash_paths(
     fetcher = Fetcher(fetch)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         results = list(pool.map(lambda p: hash_input(p, fetcher), paths))
-    return pa.record_batch(
+    return pa.RecordBatch.from_arrays(
         [
             pa.array([r[0] for r in results], pa.string()),
             pa.array([r[1] for r in results], pa.int64()),
@@ -556,7 +559,7 @@ _LISTING_SCHEMA = pa.schema(
 
 def _listing_record_batch(batch: Sequence[Listed], base: str | None) -> pa.RecordBatch:
     paths = [plan_path_columns(plan_path(i, base)) for i in batch]
-    return pa.record_batch(
+    return pa.RecordBatch.from_arrays(
         [
             pa.array([i.uri for i in batch], pa.string()),
             pa.array([p["path"] for p in paths], pa.string()),
@@ -638,7 +641,7 @@ def _plan_columns(
     shard_ids = pa.array(first_shard + rank // shard_size, mask=~planned)
     shard = pc.utf8_lpad(pc.cast(shard_ids, pa.string()), 6, "0")
     status = pc.if_else(pa.array(planned), pa.scalar(PLANNED), pa.scalar(REJECTED))
-    table = pa.table(
+    table = pa.Table.from_pydict(
         {
             "order": pa.array(order),
             "source_uri": lst.column("source_uri"),

@@ -484,6 +484,9 @@ def plan_pools(
     ]
 
 
+MAX_INPUT_BLOCKS = 8192  # blocks of the input dataset (driver time grows with the count)
+
+
 def hash_on_ray(fetch: FetchPolicy, *, workers: int, paths_per_task: int = 512, threads: int = 4):
     """A `pipelines.plan.make_plan` hasher that hashes (and downloads) on the Ray cluster: each
     batch of paths is cut into tasks of `paths_per_task`, at most 2 x `workers` in flight; the
@@ -533,10 +536,12 @@ def build_dataset(images: list[dict[str, Any]], cfg: Any, *, workers: int):
     )
     items = [{k: r.get(k) for k in INPUT_SCHEMA.names} for r in images]
     # Blocks of about `batch_size` images, fewer when there are fewer images than that per
-    # worker, so every actor gets work. (Block boundaries never change the output: rows are
-    # sorted.) `from_items` builds the blocks in the driver: no metadata task per block.
+    # worker, so every actor gets work; at most MAX_INPUT_BLOCKS blocks (each costs the driver
+    # ~1 ms in `from_items`), so a big run gets bigger blocks, still cut into `batch_size`
+    # batches by map_batches. (Block boundaries never change the output: rows are sorted.)
     bs = max(1, min(cfg.batch_size, -(-len(items) // max(1, workers))))
-    ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // bs)))
+    block_rows = max(bs, -(-len(items) // MAX_INPUT_BLOCKS))
+    ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // block_rows)))
     pools = plan_pools(
         workers=workers,
         fuse=cfg.fuse,
