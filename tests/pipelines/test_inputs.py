@@ -226,11 +226,11 @@ def _assert_same_samples(a: Path, b: Path, extra_b: set[str]) -> None:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_s3_manifest_gives_the_folder_build_samples(ray_local, tmp_path, monkeypatch):
-    pytest.importorskip("s3fs")
-    moto_server = pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs", reason="the s3 extra: pip install -e '.[s3]'")
     import fsspec
+    from moto.server import ThreadedMotoServer
 
-    srv = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     srv.start()
     try:
         port = srv._server.server_port
