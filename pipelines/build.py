@@ -1353,7 +1353,7 @@ def _watched_child(send: Any, cfg: BuildConfig, parent: int) -> None:
     _die_with_parent(parent)
     try:
         message = ("ok", run_build(cfg))
-    except (BuildError, ModelFileError, LockHeld) as e:
+    except (BuildError, ModelFileError, LockHeld, ManifestError) as e:
         message = ("refused", str(e))
     except Exception as e:  # noqa: BLE001 - handed to the parent as its one line
         message = ("failed", _failure_line(e, cfg.out))
