@@ -159,9 +159,13 @@ class BuildConfig:
     # where a new plan hashes (and downloads) its inputs: "driver" (threads here, while Ray
     # starts), "cluster" (Ray tasks), "auto" (the cluster when joining one with --address)
     plan_on: str = "auto"
+    # opt-out lists (fgid_builder.optout); OUT/optout.txt is always read too. Not a setting
+    # of build.json: a list that grows (fgid erase) must not refuse the resume.
+    exclude: tuple[str, ...] = ()
     # per stage: batch size, actors, GPUs/CPUs per actor, backend options (`--stage-config`
     # YAML + `--{detector,parser,embedder,captioner}-{option,batch-size,gpus,concurrency}`)
     resources: StageResources = field(default_factory=StageResources)
+    exclusions: Any = field(default=None, repr=False)  # loaded from `exclude` by run_build
 
     def __post_init__(self) -> None:
         if self.demo and self.input:
@@ -458,6 +462,24 @@ def check_models(cfg: BuildConfig) -> dict[str, Any]:
     return infos
 
 
+def _load_exclusions(cfg: BuildConfig, out: Path, models: dict[str, Any]) -> Any:
+    """`--exclude` lists + OUT/optout.txt (None when both are empty)."""
+    from fgid_builder.optout import OPTOUT, load_exclusions, optout_bytes
+    from fgid_builder.shards import atomic_write_bytes
+
+    embedder = ((models or {}).get("embed") or {}).get("name", "")
+    try:
+        excl = load_exclusions(cfg.exclude, out, models_dir=cfg.models_dir, embedder=embedder)
+    except (OSError, ValueError) as e:
+        raise BuildError(f"--exclude: {e}") from None
+    if excl is not None and (excl.listed.sha256 or excl.listed.keys):
+        # the dataset keeps the hashes it was built without: a resume or rebuild keeps them out
+        data = optout_bytes(excl.listed)
+        if not (out / OPTOUT).is_file() or (out / OPTOUT).read_bytes() != data:
+            atomic_write_bytes(out / OPTOUT, data)
+    return excl
+
+
 def _kv(options: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in options.items())
 
@@ -596,6 +618,10 @@ def _make_plan(
         after=after,
         hasher=hasher,
     )
+    if cfg.exclusions is not None:
+        from pipelines.identity_cmds import opt_out_plan
+
+        plan = opt_out_plan(plan, cfg.exclusions)
     write_plan(out / PLAN, plan)
     return plan
 
@@ -807,6 +833,7 @@ def _run_build(cfg: BuildConfig, models: dict[str, Any], t0: float) -> BuildSumm
 
     summary = BuildSummary()
     out, summary.temp_files_removed = _prepare_out(cfg, models)
+    cfg.exclusions = _load_exclusions(cfg, out, models)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fgid-build") as background:
         t_stop = None
         try:
@@ -1055,7 +1082,12 @@ def _process(
                     arrivals.append(received)
                 shard = assembler.add(row)
                 if shard is not None:
-                    written += commit_shard(out, shard, assembler.pop(shard), sizes[shard])
+                    rows = assembler.pop(shard)
+                    if cfg.exclusions is not None:
+                        from pipelines.identity_cmds import opt_out_rows
+
+                        rows = opt_out_rows(rows, cfg.exclusions)
+                    written += commit_shard(out, shard, rows, sizes[shard])
                     committed += 1
                     shard_bar.update(1)
     missing = assembler.pending()
@@ -1239,6 +1271,13 @@ def _parse_stage_values(opt: str, values: Sequence[str], cast) -> dict[str, Any]
     help="OUT was planned from fewer inputs: plan the new ones into new shards after the "
     "existing ones (deterministic). Without it a rerun whose inputs differ from OUT's plan "
     "(added, removed or changed files) is refused with exit 2.",
+    "--exclude",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="Opt-out list (lines `sha256 HEX`, `key KEY`, `photo PATH`): never write those photos "
+    "or faces (reject reason opted_out). OUT/optout.txt (written by fgid erase) is always read.",
+)
+@click.option(
 )
 @click_options
 def build_command(

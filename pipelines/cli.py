@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pipelines.train_cmd", "Train ConsistentID on fgid shards (accelerate)."),
     "identities": ("pipelines.identity_cmds", "Give every sample an identity id (hnswlib)."),
     "split": ("pipelines.identity_cmds", "Identity-disjoint train/val/test splits."),
+    "erase": ("pipelines.identity_cmds", "Remove people (shards rewritten, receipt, opt-out)."),
 }
 
 

@@ -206,3 +206,157 @@ def split_command(out: Path, fractions: str, seed: int) -> None:
     }
     for name in _parse_fractions(fractions):
         click.echo(f"{name}: {samples.get(name, 0)} samples, {people.get(name, 0)} identities")
+
+
+@click.command("erase", context_settings=CTX)
+@click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--like",
+    "like",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="A reference photo: every sample of the person in it (its largest face). Repeatable.",
+)
+@click.option(
+    "--sha256",
+    "sha256",
+    multiple=True,
+    metavar="HEX",
+    help="Every face of the source photo with this SHA-256. Repeatable.",
+)
+@click.option(
+    "--identity",
+    "identity",
+    multiple=True,
+    metavar="ID",
+    help="Every sample with this id in OUT/identities.parquet. Repeatable.",
+)
+@click.option(
+    "--threshold",
+    type=float,
+    default=None,
+    help="Same-person cosine for --like (default: identities.json, else recorded).",
+)
+@click.option(
+    "--models-dir",
+    default=None,
+    envvar="FGID_MODELS_DIR",
+    help="Weights of production backends (to embed --like photos).",
+)
+def erase_command(
+    out: Path,
+    like: tuple[str, ...],
+    sha256: tuple[str, ...],
+    identity: tuple[str, ...],
+    threshold: float | None,
+    models_dir: str | None,
+) -> None:
+    """Remove people from OUT: rewrites only the shards that hold them (the same commit
+    protocol as the build; rerun the same command after a crash), updates the plan, index,
+    identities and splits, adds them to OUT/optout.txt and writes the receipt
+    OUT/erasures/ID.json. Exit 0 also when nothing matches (nothing is changed)."""
+    from fgid_builder.erase import EraseError, EraseRequest, NothingToErase, erase
+    from fgid_builder.schema import ModelFileError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        receipt = erase(
+            out,
+            EraseRequest(
+                like=like,
+                sha256=sha256,
+                identity=identity,
+                threshold=threshold,
+                models_dir=models_dir,
+            ),
+        )
+    except NothingToErase as e:
+        click.echo(f"no sample matches: nothing erased ({_nearest(e.record)})")
+        return
+    except (EraseError, ModelFileError, ValueError) as e:
+        _fail("erase", str(e))
+    except OSError as e:
+        _fail("erase", f"{type(e).__name__}: {e}", 3)
+    rewritten = receipt["shards_rewritten"]
+    click.echo(
+        f"removed {len(receipt['removed'])} samples ({len(receipt['whole_photos'])} whole "
+        f"photos) from {len(rewritten)} shards; {len(receipt['shards_unchanged'])} shards "
+        f"unchanged; receipt: {out / 'erasures' / (receipt['erase_id'] + '.json')}"
+    )
+
+
+def _nearest(record: dict | None) -> str:
+    likes = (record or {}).get("like") or []
+    parts = [
+        f"photo {e['sha256'][:16]}: {e['faces']} faces"
+        + (
+            f", nearest cosine {e['cosine']:.4f} < {record.get('threshold')}"
+            if e.get("cosine") is not None
+            else ""
+        )
+        for e in likes
+    ]
+    return "; ".join(parts) or "no such photo in the dataset"
+
+
+# --------------------------------------------------------------------------- build hooks
+
+
+def opt_out_plan(plan: Any, exclusions: Any) -> Any:
+    """A new plan with listed photos (by source hash) as `opted_out` rejects. Shards are
+    assigned before, so the other photos keep the shards an unfiltered build gives them."""
+    import pyarrow as pa
+
+    from fgid_builder.optout import SHA_LISTED
+    from fgid_builder.schema import Reason
+    from pipelines.plan import PLANNED, REJECTED
+
+    rows = plan.to_pylist()
+    for r in rows:
+        if r["status"] == PLANNED and r["source_sha256"] in exclusions.listed.sha256:
+            r.update(
+                status=REJECTED,
+                reason=Reason.OPTED_OUT.value,
+                shard=None,
+                detail=SHA_LISTED,
+            )
+    return pa.Table.from_pylist(rows, schema=plan.schema)
+
+
+def opt_out_rows(rows: list[dict[str, Any]], exclusions: Any) -> list[dict[str, Any]]:
+    """A shard's result rows (driver side, before the commit) with listed faces turned into
+    `opted_out` rejects: by source hash, key, or a match to an opt-out reference photo."""
+    import json
+
+    from fgid_builder.index import reject_row
+    from fgid_builder.schema import Reason, load_npy
+    from fgid_builder.shards import iter_tar_bytes
+
+    out = []
+    for r in rows:
+        if r["status"] != "ok":
+            out.append(r)
+            continue
+        ix = json.loads(r["index_row"])
+        emb = None
+        if exclusions.references is not None:
+            member = next(iter_tar_bytes(r["sample_tar"]))
+            emb = load_npy(member["id.npy"])
+        why = exclusions.reason(ix["key"], ix["source_sha256"], emb)
+        if why is None:
+            out.append(r)
+            continue
+        row = reject_row(
+            source_uri=ix["source_uri"],
+            reason=Reason.OPTED_OUT,
+            detail=why,
+            source_sha256=ix["source_sha256"],
+            source_bytes=ix["source_bytes"],
+            face_index=ix["face_index"],
+            key=ix["key"],
+            shard=ix["shard"],
+        )
+        out.append(
+            dict(r, status="rejected", sample_tar=None, index_row=json.dumps(row, sort_keys=True))
+        )
+    return out

@@ -97,6 +97,11 @@ class DataConfig:
     verify: bool = True
     # Skip samples whose identity embedding's L2 norm is further than this from 1.
     id_norm_tolerance: float = 1.0e-2
+    # one split of `fgid split` (OUT/splits.parquet beside the shards' folder, or `splits`)
+    split: str | None = None
+    splits: str | None = None
+    # opt-out lists (fgid_builder.optout); the dataset's own OUT/optout.txt is always read
+    exclude: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         if self.batch_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 0:

@@ -467,6 +467,58 @@ def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class SampleFilter:
+    """Which raw samples the stream keeps: one split's keys (`fgid split`: OUT/splits.parquet)
+    and not on an opt-out list (`fgid erase` / OUT/optout.txt), so shards made before the list
+    train without the person. Applied before decoding; picklable for dataloader workers."""
+
+    keys: frozenset[str] | None = None  # None: every key
+    optout_sha256: frozenset[str] = frozenset()
+    optout_keys: frozenset[str] = frozenset()
+
+    def keep(self, raw: dict[str, Any]) -> bool:
+        key = raw.get("__key__")
+        if self.keys is not None and key not in self.keys:
+            return False
+        if key in self.optout_keys:
+            return False
+        if self.optout_sha256 and "json" in raw:
+            try:
+                sha = (json.loads(raw["json"]).get("source") or {}).get("sha256")
+            except (ValueError, AttributeError):
+                return True  # a corrupt sample: decode_sample reports it
+            return sha not in self.optout_sha256
+        return True
+
+
+def sample_filter(
+    urls: list[str], *, split: str | None, splits: str | None, exclude: list[str]
+) -> SampleFilter | None:
+    """The filter for `data.split`/`data.splits`/`data.exclude`; the dataset folder (the
+    parent of the shards' folder) gives the default splits.parquet and its own optout.txt."""
+    from pathlib import Path
+
+    from fgid_builder.optout import OPTOUT, read_lists
+    from fgid_builder.splits import SPLITS, keys_in_split
+
+    local = [_local_path(u) for u in urls]
+    datasets = sorted({Path(p).resolve().parent.parent for p in local if p is not None})
+    keys = None
+    if split:
+        path = splits or next((str(d / SPLITS) for d in datasets if (d / SPLITS).is_file()), None)
+        if path is None:
+            raise FileNotFoundError(
+                f"data.split={split!r} needs a splits.parquet (`fgid split OUT`, or data.splits)"
+            )
+        keys = frozenset(keys_in_split(path, split))
+    lists = list(exclude) + [str(d / OPTOUT) for d in datasets if (d / OPTOUT).is_file()]
+    listed = read_lists(lists)
+    if keys is None and not listed:
+        return None
+    return SampleFilter(keys, frozenset(listed.sha256), frozenset(listed.keys))
+
+
 class FGIDStream(IterableDataset):
     """Endless batches over epochs; rank/worker split, seeded shuffle, exact resume by batch count.
 
@@ -489,8 +541,10 @@ class FGIDStream(IterableDataset):
         max_epochs: int | None = None,
         verify: bool = True,
         id_norm_tolerance: float = ID_NORM_TOLERANCE,
+        sample_filter: SampleFilter | None = None,
     ):
         super().__init__()
+        self.sample_filter = sample_filter
         for url in urls:
             check_shard_url(url)
         self.urls = list(urls)
@@ -510,6 +564,7 @@ class FGIDStream(IterableDataset):
             "corrupt_samples": 0,
             "corrupt_shards": 0,
             "unverified_shards": 0,
+            "filtered": 0,  # not in the split, or on an opt-out list
         }
 
     def _fail(self, kind: str, message: str) -> None:
@@ -530,6 +585,9 @@ class FGIDStream(IterableDataset):
         for url in mine:
             try:
                 for raw in iter_shard(url, verify=self.verify):
+                    if self.sample_filter is not None and not self.sample_filter.keep(raw):
+                        self.stats["filtered"] += 1
+                        continue
                     if not by_shard:
                         index += 1
                         if (index - 1) % parts != part:
@@ -606,6 +664,7 @@ def make_dataloader(
     start_batch: int = 0,
     verify: bool = True,
     id_norm_tolerance: float = ID_NORM_TOLERANCE,
+    sample_filter: SampleFilter | None = None,
 ) -> DataLoader:
     dataset = FGIDStream(
         urls,
@@ -619,6 +678,7 @@ def make_dataloader(
         start_batch=start_batch,
         verify=verify,
         id_norm_tolerance=id_norm_tolerance,
+        sample_filter=sample_filter,
     )
     return DataLoader(
         dataset,

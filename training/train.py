@@ -63,7 +63,13 @@ class Trainer:
         from diffusers.optimization import get_scheduler
 
         from training.base_models import load_base_models
-        from training.data import SampleTransform, expand_shards, make_dataloader, peek_sample
+        from training.data import (
+            SampleTransform,
+            expand_shards,
+            make_dataloader,
+            peek_sample,
+            sample_filter,
+        )
         from training.model import build_model
 
         cfg = self.config
@@ -161,6 +167,9 @@ class Trainer:
             start_batch=self.global_step * run.gradient_accumulation_steps,
             verify=cfg.data.verify,
             id_norm_tolerance=cfg.data.id_norm_tolerance,
+            sample_filter=sample_filter(
+                self.urls, split=cfg.data.split, splits=cfg.data.splits, exclude=cfg.data.exclude
+            ),
         )
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -419,8 +428,14 @@ def config_with_overrides(
     shards: str | None = None,
     output_dir: str | None = None,
     max_steps: int | None = None,
+    split: str | None = None,
+    exclude: list[str] | None = None,
 ) -> Config:
     overrides: dict[str, Any] = {}
+    if split:
+        overrides["data.split"] = split
+    if exclude:
+        overrides["data.exclude"] = list(exclude)
     if shards:
         overrides["data.shards"] = shards
     if output_dir:
@@ -445,6 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", help="overrides train.output_dir")
     parser.add_argument("--max-steps", type=int, help="overrides train.max_steps")
     parser.add_argument("--resume", help="'latest' or a checkpoint folder")
+    parser.add_argument("--split", help="train on one split of OUT/splits.parquet (fgid split)")
+    parser.add_argument(
+        "--exclude", action="append", default=[], help="opt-out list to skip (repeatable)"
+    )
     return parser
 
 
@@ -456,7 +475,12 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         config = config_with_overrides(
-            args.config, shards=args.shards, output_dir=args.output_dir, max_steps=args.max_steps
+            args.config,
+            shards=args.shards,
+            output_dir=args.output_dir,
+            max_steps=args.max_steps,
+            split=args.split,
+            exclude=args.exclude,
         )
         expand_shards(config.data.shards)  # a refused URL or no shard: a usage error, exit 2
     except (ValueError, FileNotFoundError) as exc:
