@@ -381,6 +381,7 @@ def write_report(out_dir: str | os.PathLike, *, config: ReportConfig | None = No
         _plots_section(report, rows, got),
         _rejects_section(rows, img_dir, cfg),
         _identity_section(report, got, cfg),
+        _identity_ids_section(report, out, got, cfg),
     ]
     page = string.Template(TEMPLATE.read_text()).substitute(
         title=_e(f"fgid report: {out.resolve().name}"),
@@ -608,6 +609,67 @@ def _identity_section(report: Path, got: _Collected, cfg: ReportConfig) -> str:
         parts.append(
             f'<div class="cluster">{thumb(a)}{thumb(b)}<span class="fig">cosine {cos:.3f} · '
             f"dHash distance {ham} · {_e(a)} / {_e(b)}</span></div>"
+        )
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _identity_ids_section(report: Path, out: Path, got: _Collected, cfg: ReportConfig) -> str:
+    """Who is in the dataset, from `OUT/identities.parquet` (`fgid identities OUT`)."""
+    from eval import plots
+    from fgid_builder.identities import (
+        IDENTITIES,
+        IDENTITIES_JSON,
+        identity_summary,
+        read_identities,
+    )
+
+    head = '<section id="identity-ids"><h2>Identity ids</h2>'
+    if not (out / IDENTITIES).is_file():
+        return head + "<p>No identity ids yet: <code>fgid identities OUT</code>.</p></section>"
+    table = read_identities(out)
+    summary = identity_summary(table, largest=cfg.max_clusters_shown)
+    meta = {}
+    if (out / IDENTITIES_JSON).is_file():
+        meta = json.loads((out / IDENTITIES_JSON).read_text())
+    per = {k: int(v) for k, v in summary["images_per_identity"].items()}
+    plot = plots.counts_bar(
+        report / "images_per_identity.png",
+        {k: per[k] for k in sorted(per, key=int)},
+        title="samples per identity",
+        ylabel="identities",
+    )
+    members: dict[str, list[str]] = defaultdict(list)
+    for k, i in zip(
+        table.column("key").to_pylist(), table.column("identity").to_pylist(), strict=True
+    ):
+        members[i].append(k)
+    threshold = meta.get("threshold")
+    parts = [
+        head,
+        f"<p><b>{summary['identities']}</b> identities over {summary['samples']} samples "
+        f"({summary['singletons']} with one sample)"
+        + (
+            f", same-person cosine ≥ {threshold:g} ({_e(meta.get('threshold_from', ''))})"
+            if threshold is not None
+            else ""
+        )
+        + ".</p>",
+        f'<div class="plots"><img class="plot" src="{plot.name}" alt="samples per identity">'
+        "</div><h3>Largest identities</h3>",
+    ]
+    for entry in summary["largest"]:
+        keys = sorted(members[entry["identity"]])
+        thumbs = []
+        for k in keys[:12]:
+            if k in got.small:
+                name = f"id_{k}.jpg"
+                if not (report / "img" / name).exists():
+                    _save_jpg(report / "img" / name, got.small[k], SMALL)
+                thumbs.append(f'<img class="small" src="img/{name}" alt="{_e(k)}" title="{_e(k)}">')
+        parts.append(
+            f'<div class="cluster"><span class="n">{entry["samples"]}</span>{"".join(thumbs)}'
+            f'<span class="fig">{_e(entry["identity"])}</span></div>'
         )
     parts.append("</section>")
     return "".join(parts)

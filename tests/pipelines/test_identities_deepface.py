@@ -99,3 +99,14 @@ def test_splits_are_identity_disjoint_by_ids_and_by_labelled_people(identified, 
             by_person.setdefault(person, set()).add(r["split"])
     assert all(len(s) == 1 for s in by_id.values())
     assert len(by_person) == 13 and all(len(s) == 1 for s in by_person.values()), by_person
+
+
+def test_report_shows_the_identity_ids(identified):
+    _fgid("report", str(identified), "--no-progress")
+    page = (identified / "report" / "index.html").read_text()
+    rec = json.loads((identified / "identities.json").read_text())
+    section = page[page.index('<section id="identity-ids">') :]
+    section = section[: section.index("</section>")]
+    assert f"<b>{rec['identities']}</b> identities over {rec['samples']} samples" in section
+    assert section.count('class="cluster"') == min(8, rec["identities"])
+    assert (identified / "report" / "images_per_identity.png").is_file()
