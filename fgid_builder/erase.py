@@ -113,40 +113,6 @@ def _canon(obj: Any) -> bytes:
 # --------------------------------------------------------------------------- targets
 
 
-def embed_reference(path: str, out: Path, models_dir: str | None) -> tuple[str, list[np.ndarray]]:
-    """(sha256 of the photo, embeddings of its faces, largest first) with OUT's backends."""
-    from fgid_builder import registry
-    from fgid_builder.faces import FaceGates, faces_from_detections
-    from fgid_builder.io import decode_image
-    from fgid_builder.process import embed_samples
-    from fgid_builder.schema import ImageRejected, sha256_bytes
-
-    settings = json.loads((out / SETTINGS).read_text())
-    backends, options = settings["backends"], settings.get("backend_options") or {}
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise EraseError(f"cannot read reference photo {path}: {e.strerror}") from None
-    try:
-        decoded = decode_image(data)
-    except ImageRejected as e:
-        raise EraseError(f"reference photo {path}: {e.reason.value} {e.detail}") from None
-    detector = registry.create(
-        "detect", backends["detect"], models_dir=models_dir, **options.get("detect", {})
-    )
-    embedder = registry.create(
-        "embed", backends["embed"], models_dir=models_dir, **options.get("embed", {})
-    )
-    detections = detector.detect([decoded.rgb])[0]
-    sha = sha256_bytes(data)
-    gates = FaceGates(min_face=int(settings.get("min_face", 1)), max_faces=0)
-    samples, _ = faces_from_detections(
-        decoded, detections, source={"uri": "ref", "sha256": sha}, gates=gates
-    )
-    embed_samples(embedder, samples)
-    return sha, [np.asarray(s.embedding, dtype=np.float32) for s in samples]
-
-
 def _identities(out: Path, emb: Any, threshold: float) -> dict[str, str]:
     """key -> identity: OUT/identities.parquet when it covers every sample, else assigned now."""
     from fgid_builder.identities import IDENTITIES, AssignConfig, assign_identities, read_identities
@@ -181,6 +147,7 @@ def find_targets(out: str | os.PathLike, request: EraseRequest) -> tuple[dict[st
     """(key -> why it is removed, the request as the receipt records it: hashes, no paths)."""
     from fgid_builder.identities import read_embeddings
     from fgid_builder.index import read_index
+    from fgid_builder.reference import ReferenceError, embed_reference
 
     out = Path(out)
     index = [r for r in read_index(out / INDEX).to_pylist() if r["status"] == "ok"]
@@ -209,7 +176,10 @@ def find_targets(out: str | os.PathLike, request: EraseRequest) -> tuple[dict[st
         if request.like:
             record["threshold"] = threshold
         for photo in request.like:
-            sha, faces = embed_reference(photo, out, request.models_dir)
+            try:
+                sha, faces = embed_reference(photo, out, request.models_dir)
+            except ReferenceError as e:
+                raise EraseError(str(e)) from None
             entry: dict[str, Any] = {"sha256": sha, "faces": len(faces)}
             record["like"].append(entry)
             if not faces or not emb.keys:

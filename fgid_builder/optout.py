@@ -142,35 +142,3 @@ class Exclusions:
             if float(sims.max()) >= float(self.threshold):
                 return f"matches an opt-out reference photo (cosine {float(sims.max()):.4f})"
         return None
-
-
-def load_exclusions(
-    lists: Iterable[str | os.PathLike],
-    out: str | os.PathLike,
-    *,
-    models_dir: str | None = None,
-    embedder: str = "",
-) -> Exclusions | None:
-    """The lists given (`--exclude`) plus OUT's own; None when there is nothing to exclude.
-    Reference photos are embedded now (OUT/build.json names the backends)."""
-    import numpy as np
-
-    listed = read_lists(lists).update(dataset_optout(out))
-    if not listed:
-        return None
-    excl = Exclusions(listed)
-    if listed.photos:
-        from fgid_builder.erase import embed_reference
-        from fgid_builder.identities import recorded_threshold
-
-        vecs = []
-        for photo in listed.photos:
-            _, faces = embed_reference(photo, Path(out), models_dir)
-            vecs += faces[:1]
-        excl.references = np.stack(vecs) if vecs else None
-        excl.threshold = recorded_threshold(embedder)
-        if excl.threshold is None:
-            raise ValueError(
-                f"opt-out photos need a same-person threshold; none is recorded for {embedder!r}"
-            )
-    return excl

@@ -76,10 +76,20 @@ def splits_table(keys: Sequence[str], identities: Sequence[str], split_of: Mappi
 
 
 def write_splits(out: str | os.PathLike, table: pa.Table) -> None:
-    from fgid_builder.identities import _parquet_bytes
+    import io
+
     from fgid_builder.shards import atomic_write_bytes
 
-    atomic_write_bytes(Path(out) / SPLITS, _parquet_bytes(table))
+    sink = io.BytesIO()  # fixed writer options, no metadata: the same rows give the same bytes
+    pq.write_table(
+        table.replace_schema_metadata(None),
+        sink,
+        compression="zstd",
+        compression_level=3,
+        data_page_version="1.0",
+        version="2.6",
+    )
+    atomic_write_bytes(Path(out) / SPLITS, sink.getvalue())
 
 
 def read_splits(path: str | os.PathLike) -> pa.Table:

@@ -464,8 +464,9 @@ def check_models(cfg: BuildConfig) -> dict[str, Any]:
 
 def _load_exclusions(cfg: BuildConfig, out: Path, models: dict[str, Any]) -> Any:
     """`--exclude` lists + OUT/optout.txt (None when both are empty)."""
-    from fgid_builder.optout import OPTOUT, load_exclusions, optout_bytes
+    from fgid_builder.optout import OPTOUT, optout_bytes
     from fgid_builder.shards import atomic_write_bytes
+    from pipelines.optout_hooks import load_exclusions
 
     embedder = ((models or {}).get("embed") or {}).get("name", "")
     try:
@@ -619,7 +620,7 @@ def _make_plan(
         hasher=hasher,
     )
     if cfg.exclusions is not None:
-        from pipelines.identity_cmds import opt_out_plan
+        from pipelines.optout_hooks import opt_out_plan
 
         plan = opt_out_plan(plan, cfg.exclusions)
     write_plan(out / PLAN, plan)
@@ -1084,7 +1085,7 @@ def _process(
                 if shard is not None:
                     rows = assembler.pop(shard)
                     if cfg.exclusions is not None:
-                        from pipelines.identity_cmds import opt_out_rows
+                        from pipelines.optout_hooks import opt_out_rows
 
                         rows = opt_out_rows(rows, cfg.exclusions)
                     written += commit_shard(out, shard, rows, sizes[shard])
