@@ -435,7 +435,18 @@ def pending(out: str | os.PathLike) -> dict | None:
 
 def erase(out: str | os.PathLike, request: EraseRequest) -> dict:
     """Find the targets and erase them; or, when OUT holds the journal of this same request
-    (a killed erase), finish that one. Returns the receipt."""
+    (a killed erase), finish that one. Returns the receipt. Holds OUT's lock (the build's,
+    fgid_builder.lock) throughout: no build or other erase runs on OUT meanwhile."""
+    from fgid_builder.lock import LockHeld, locked
+
+    try:
+        with locked(out, "fgid erase"):
+            return _erase(out, request)
+    except LockHeld as e:
+        raise EraseError(str(e)) from None
+
+
+def _erase(out: str | os.PathLike, request: EraseRequest) -> dict:
     fingerprint = request_fingerprint(request)
     journal = pending(out)
     if journal is not None:
