@@ -143,21 +143,14 @@ def knn(vectors: np.ndarray, cfg: AssignConfig) -> tuple[np.ndarray, np.ndarray]
 
 def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Connected-component label (the smallest member index) of each of n nodes."""
-    parent = np.arange(n)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    def find(x: int) -> int:
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:
-            parent[x], x = root, parent[x]
-        return root
-
-    for i, j in zip(a.tolist(), b.tolist(), strict=True):
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-    return np.array([find(i) for i in range(n)], dtype=np.int64)
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    first = np.full(labels.max() + 1 if n else 0, n, dtype=np.int64)
+    np.minimum.at(first, labels, np.arange(n))
+    return first[labels]
 
 
 def _refine(comp: np.ndarray, v: np.ndarray, cfg: AssignConfig) -> np.ndarray:
@@ -174,6 +167,9 @@ def _refine(comp: np.ndarray, v: np.ndarray, cfg: AssignConfig) -> np.ndarray:
         members = order[start:end]  # ascending index = ascending key
         if len(members) < 3 or len(members) > cfg.refine_max:
             continue
+        sub = v[members]
+        if float((sub @ sub.T).min()) >= cfg.threshold:
+            continue  # every pair is linked: average linkage keeps them together
         dist = np.clip(pdist(v[members].astype(np.float64), metric="cosine"), 0.0, 2.0)
         labels = fcluster(
             linkage(dist, method="average"), t=1.0 - cfg.threshold, criterion="distance"
@@ -206,22 +202,32 @@ def assign_identities(keys: Sequence[str], vectors: np.ndarray, cfg: AssignConfi
         comp = _refine(comp, v, cfg)
     sizes = np.bincount(comp, minlength=n)
     ident = [f"{ID_PREFIX}{keys[c]}" for c in comp.tolist()]
-    linked_to: list[str | None] = [None] * n
-    link_cos: list[float | None] = [None] * n
-    other: list[str | None] = [None] * n
-    other_cos: list[float | None] = [None] * n
-    for i in range(n):
-        for j, c in zip(labels[i].tolist(), cos[i].tolist(), strict=True):
-            if j == i:
-                continue
-            c = round(float(c), 6)
-            if comp[j] == comp[i]:
-                if linked_to[i] is None or c > link_cos[i]:
-                    linked_to[i], link_cos[i] = keys[j], c
-            elif other[i] is None or c > other_cos[i]:
-                other[i], other_cos[i] = keys[j], c
+    # what decided it: the nearest neighbour of the same identity, and of another one
+    neigh_comp = comp[labels]
+    is_self = labels == np.arange(n)[:, None]
+    same = (neigh_comp == comp[:, None]) & ~is_self
+    other = (neigh_comp != comp[:, None]) & ~is_self
+
+    def nearest(mask: np.ndarray) -> tuple[list[str | None], list[float | None]]:
+        masked = np.where(mask, cos, -np.inf)
+        j = masked.argmax(axis=1)
+        best = masked[np.arange(n), j]
+        has = np.isfinite(best)
+        names = [keys[int(labels[i, j[i]])] if has[i] else None for i in range(n)]
+        sims = [round(float(best[i]), 6) if has[i] else None for i in range(n)]
+        return names, sims
+
+    linked_to, link_cos = nearest(same)
+    other_key, other_cos = nearest(other)
     return Assignment(
-        keys, ident, [int(sizes[c]) for c in comp], linked_to, link_cos, other, other_cos, settings
+        keys,
+        ident,
+        sizes[comp].tolist(),
+        linked_to,
+        link_cos,
+        other_key,
+        other_cos,
+        settings,
     )
 
 
