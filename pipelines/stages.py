@@ -127,6 +127,8 @@ class StageConfig:
     stats: str | None = None
     progress: bool = True
     options: dict[str, Any] = field(default_factory=dict)  # this stage's backend options
+    # shard: opt-out lists (fgid_builder.optout; `sha256`/`key` lines), as `fgid build --exclude`
+    exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.stage not in STAGE_ORDER:
@@ -574,12 +576,38 @@ def _clear_dataset_out(out: Path) -> None:
     (out / INDEX).unlink(missing_ok=True)
 
 
+def _exclusions(cfg: StageConfig) -> Any:
+    """The shard stage's opt-out lists (hash lines only: it has no detector to match photos)."""
+    from fgid_builder.optout import Exclusions, read_lists
+
+    if not cfg.exclude:
+        return None
+    listed = read_lists(cfg.exclude)
+    if listed.photos:
+        raise click.UsageError("fgid stage shard --exclude: `photo` lines need fgid build")
+    return Exclusions(listed) if listed else None
+
+
+def _opted_out_photo(row: dict[str, Any]) -> dict[str, Any]:
+    from fgid_builder.index import reject_row
+    from fgid_builder.optout import SHA_LISTED
+
+    return reject_row(
+        source_uri=row["source_uri"],
+        reason=Reason.OPTED_OUT,
+        detail=SHA_LISTED,
+        source_sha256=row["source_sha256"],
+        source_bytes=row["source_bytes"],
+    )
+
+
 def run_shard(cfg: StageConfig) -> StageStats:
     """Encode every sample, write the shards with the build's commit, merge the index."""
     import pyarrow as pa
 
     from fgid_builder.index import read_index, rows_table, write_index
     from pipelines.build import INDEX, PARTS, commit_shard
+    from pipelines.optout_hooks import opt_out_rows
     from pipelines.plan import assign_shards
     from pipelines.ray_stages import EncodeStage, StageSettings
 
@@ -587,11 +615,21 @@ def run_shard(cfg: StageConfig) -> StageStats:
     _clear_dataset_out(out)
     encode = EncodeStage(StageSettings(backends={}))
     # First pass over the light columns: which images are planned, so shards can be cut.
-    planned = pq.read_table(cfg.input, columns=["order", "planned"]).to_pylist()
+    planned = pq.read_table(cfg.input, columns=["order", "planned", "source_sha256"]).to_pylist()
     shard_of = assign_shards((r["order"] for r in planned if r["planned"]), cfg.shard_size)
-    sizes = Counter(shard_of.values())
+    excl = _exclusions(cfg)
+    # listed photos leave after the shards are cut, as in `fgid build --exclude`
+    opted = (
+        set()
+        if excl is None
+        else {
+            r["order"] for r in planned if r["planned"] and r["source_sha256"] in excl.listed.sha256
+        }
+    )
+    sizes = Counter(s for o, s in shard_of.items() if o not in opted)
     stats = StageStats(stage="shard", images=len(shard_of))
     loose_rows: list[dict[str, Any]] = []  # rejected while ingesting: in no shard
+    opted_seen: set[int] = set()
     current: str | None = None
     pending: list[dict[str, Any]] = []
     shards_written = 0
@@ -599,7 +637,8 @@ def run_shard(cfg: StageConfig) -> StageStats:
     def commit() -> None:
         nonlocal shards_written
         if current is not None:
-            stats.faces_ok += commit_shard(out, current, pending, sizes[current])
+            rows = pending if excl is None else opt_out_rows(pending, excl)
+            stats.faces_ok += commit_shard(out, current, rows, sizes[current])
             shards_written += 1
 
     total = _num_rows(cfg.input)
@@ -611,6 +650,11 @@ def run_shard(cfg: StageConfig) -> StageStats:
                 row = _face_row_in(r)
                 if not row["planned"]:
                     loose_rows.append(json.loads(row["index_row"]))
+                    continue
+                if row["order"] in opted:
+                    if row["order"] not in opted_seen:  # one row for the photo, as its plan row
+                        opted_seen.add(row["order"])
+                        loose_rows.append(_opted_out_photo(row))
                     continue
                 row["shard"] = shard_of[row["order"]]
                 if row["status"] != "ok":
@@ -829,6 +873,13 @@ caption_command = _face_stage_command(
 @_opt_batch
 @_opt_stats
 @_opt_progress
+@click.option(
+    "--exclude",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="Opt-out list (`sha256 HEX` / `key KEY` lines): never write those photos or faces "
+    "(reject reason opted_out), as `fgid build --exclude`.",
+)
 def shard_command(input: str, out: str, **options: Any) -> None:
     """Encode the caption file INPUT into OUT/shards/NNNNNN.tar + .json and OUT/index.parquet,
     byte-identical to `fgid build` with the same settings."""

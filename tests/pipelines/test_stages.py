@@ -50,8 +50,15 @@ def staged(tmp_path_factory, photos: Path) -> Path:
             name, str(prev), str(work / f"{name}.parquet"), "--stats", str(work / f"{name}.json")
         )
         prev = work / f"{name}.parquet"
-    _stage("shard", str(prev), str(work / "ds"), "--shard-size", str(SHARD_SIZE),
-           "--stats", str(work / "shard.json"))  # fmt: skip
+    _stage(
+        "shard",
+        str(prev),
+        str(work / "ds"),
+        "--shard-size",
+        str(SHARD_SIZE),
+        "--stats",
+        str(work / "shard.json"),
+    )
     return work
 
 
@@ -60,9 +67,17 @@ def fused(tmp_path_factory, photos: Path) -> Path:
     out = tmp_path_factory.mktemp("fused") / "ds"
     result = CliRunner().invoke(
         main,
-        ["build", str(photos), str(out), "--workers", "1", "--shard-size", str(SHARD_SIZE),
-         "--no-progress"],
-    )  # fmt: skip
+        [
+            "build",
+            str(photos),
+            str(out),
+            "--workers",
+            "1",
+            "--shard-size",
+            str(SHARD_SIZE),
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     return out
 
@@ -166,7 +181,43 @@ def test_export_of_staged_dataset_reads_like_official_train(
 def test_backend_option_errors_are_usage_errors(staged: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main,
-        ["stage", "detect", str(staged / "ingest.parquet"), str(tmp_path / "d.parquet"),
-         "--detector-option", "upsample=9"],
-    )  # fmt: skip
+        [
+            "stage",
+            "detect",
+            str(staged / "ingest.parquet"),
+            str(tmp_path / "d.parquet"),
+            "--detector-option",
+            "upsample=9",
+        ],
+    )
     assert result.exit_code == 2 and "upsample" in result.output
+
+
+def test_shard_exclude_writes_what_an_erase_leaves(staged: Path, fused: Path, tmp_path) -> None:
+    """`fgid stage shard --exclude LIST` (DVC's shard stage with the opt-out list) writes the
+    bytes `fgid erase` leaves in the built dataset: the list is all DVC needs to rerun."""
+    from fgid_builder.erase import EraseRequest, erase
+    from fgid_builder.index import read_index
+
+    erased = tmp_path / "erased"
+    shutil.copytree(fused, erased)
+    sha = next(
+        r["source_sha256"]
+        for r in read_index(fused / "index.parquet").to_pylist()
+        if r["status"] == "ok"
+    )
+    receipt = erase(erased, EraseRequest(sha256=(sha,)))
+    assert receipt["removed"]
+    _stage(
+        "shard",
+        str(staged / "caption.parquet"),
+        str(tmp_path / "ds"),
+        "--shard-size",
+        str(SHARD_SIZE),
+        "--exclude",
+        str(erased / "optout.txt"),
+    )
+    a, b = _files(tmp_path / "ds"), _files(erased)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name] == b[name], f"{name} differs between the stage and the erase"
