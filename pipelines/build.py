@@ -1272,13 +1272,13 @@ def _parse_stage_values(opt: str, values: Sequence[str], cast) -> dict[str, Any]
     help="OUT was planned from fewer inputs: plan the new ones into new shards after the "
     "existing ones (deterministic). Without it a rerun whose inputs differ from OUT's plan "
     "(added, removed or changed files) is refused with exit 2.",
+)
+@click.option(
     "--exclude",
     multiple=True,
     type=click.Path(dir_okay=False, exists=True),
     help="Opt-out list (lines `sha256 HEX`, `key KEY`, `photo PATH`): never write those photos "
     "or faces (reject reason opted_out). OUT/optout.txt (written by fgid erase) is always read.",
-)
-@click.option(
 )
 @click_options
 def build_command(
