@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from fgid_builder.index import read_index
+from fgid_builder.shards import iter_shard, shard_paths
 from pipelines.build import INDEX, PARTS, SHARDS, BuildConfig, run_build
+from pipelines.plan import read_plan
 from tests.pipelines.inputs import _jpeg, _photos
 
 REPO = Path(__file__).resolve().parents[2]
@@ -144,9 +146,14 @@ def test_hostile_folder_builds_with_a_row_per_entry(ray_local, hostile, tmp_path
         else:
             assert [r["reason"] for r in by_uri[uri]] == [reason], by_uri[uri]
     # the Latin-1 name: escaped uri in the index and the sample, raw bytes in the plan
-    plan = {r["source_uri"]: r for r in __import__("pipelines.plan").plan.read_plan(
-        out / "plan.parquet").to_pylist()}  # fmt: skip
+    plan = {r["source_uri"]: r for r in read_plan(out / "plan.parquet").to_pylist()}
     assert plan["caf%E9.jpg"]["path_bytes"] == b"caf\xe9.jpg"
+    uris = {
+        json.loads(m["json"])["source"]["uri"]
+        for tar in shard_paths(out / SHARDS)
+        for m in iter_shard(tar)
+    }
+    assert uris == {"caf%E9.jpg", "grace.jpg"}
 
 
 @pytest.mark.slow
