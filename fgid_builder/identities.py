@@ -187,7 +187,13 @@ def assign_identities(keys: Sequence[str], vectors: np.ndarray, cfg: AssignConfi
     order = sorted(range(len(keys)), key=lambda i: keys[i])
     keys = [keys[i] for i in order]
     n = len(keys)
-    settings = {**asdict(cfg), "library": f"hnswlib {getattr(hnswlib, '__version__', '?')}"}
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        lib = f"hnswlib {version('hnswlib')}"
+    except PackageNotFoundError:  # pragma: no cover - a source build without metadata
+        lib = f"hnswlib {getattr(hnswlib, '__version__', 'unknown')}"
+    settings = {**asdict(cfg), "library": lib}
     settings.pop("threads")
     if n == 0:
         return Assignment([], [], [], [], [], [], [], settings)
