@@ -5,9 +5,11 @@ Everything the page shows lies beside it: PNG plots in `OUT/report/` and JPEG th
 
 - summary: photos, samples, rejects, shards, models;
 - contact sheet: the first `max_samples` samples by key: portrait, the mask over it in the
-  label colours (schema.LABEL_COLORS), global + per-region captions, quality figures;
+  label colours (schema.LABEL_COLORS: CelebAMask-HQ's colour of each face-parsing class; the
+  legend lists them by id), global + per-region captions, quality figures;
 - histograms: faces per photo, detection score, face size, yaw/pitch/roll, blur, caption
-  lengths, region coverage;
+  lengths, region coverage (area and caption-length figures only for the regions some sample
+  has; areas on a log scale so eyes, nose and mouth show beside the face);
 - rejects by reason, with example inputs (a thumbnail when the input was planned as a
   regular file, is one still, and still has the planned size and SHA-256; the detector's box
   drawn for face-level rejects); no other input is ever opened, so a FIFO, a device or a
@@ -435,20 +437,7 @@ def _plots_section(report: Path, rows: list[dict[str, Any]], got: _Collected) ->
     for r in ok:
         for c in ("det_score", "face_size", "yaw", "pitch", "roll", "blur"):
             col[c].append(r.get(c))
-    caption_words: dict[str, list[int]] = defaultdict(list)
-    present: Counter[str] = Counter()
-    areas: dict[str, list[float]] = defaultdict(list)
-    for m in got.metas:
-        caps = m.get("captions") or {}
-        caption_words["global"].append(len((caps.get("global") or "").split()))
-        caption_words["facial"].append(len((caps.get("facial") or "").split()))
-        for reg in REGION_NAMES:
-            caption_words[reg].append(len(((caps.get("regions") or {}).get(reg) or "").split()))
-            info = (m.get("regions") or {}).get(reg) or {}
-            if info.get("present"):
-                present[reg] += 1
-                areas[reg].append(float(info.get("area") or 0.0))
-    n = max(len(got.metas), 1)
+    caption_words, present, areas = region_figures(got.metas)
     made = [
         plots.histogram(
             report / "faces_per_photo.png",
@@ -486,19 +475,40 @@ def _plots_section(report: Path, rows: list[dict[str, Any]], got: _Collected) ->
         ),
         plots.counts_bar(
             report / "region_caption_length.png",
-            {
-                r: float(np.mean(caption_words[r])) if caption_words[r] else 0.0
-                for r in REGION_NAMES
-            },
-            title="mean region caption length",
+            {r: float(np.mean(caption_words[r])) for r in REGION_NAMES if r in caption_words},
+            title="mean region caption length (regions with a caption)",
             ylabel="words",
         ),
-        plots.region_coverage(
-            report / "region_coverage.png", {r: present[r] / n for r in REGION_NAMES}, areas
-        ),
+        plots.region_coverage(report / "region_coverage.png", present, areas),
     ]
     imgs = "".join(f'<img class="plot" src="{p.name}" alt="{_e(p.stem)}">' for p in made)
     return f'<section id="plots"><h2>Distributions</h2><div class="plots">{imgs}</div></section>'
+
+
+def region_figures(
+    metas: list[dict[str, Any]],
+) -> tuple[dict[str, list[int]], dict[str, float], dict[str, list[float]]]:
+    """(caption words per caption kind, fraction of samples with each region, region areas
+    when present). Caption lengths and areas hold only the regions some sample has: a region no
+    sample has (the embedded parser's ears) gets no length or area figure."""
+    words: dict[str, list[int]] = defaultdict(list)
+    present: Counter[str] = Counter()
+    areas: dict[str, list[float]] = {}
+    for m in metas:
+        caps = m.get("captions") or {}
+        words["global"].append(len((caps.get("global") or "").split()))
+        words["facial"].append(len((caps.get("facial") or "").split()))
+        for reg in REGION_NAMES:
+            words[reg].append(len(((caps.get("regions") or {}).get(reg) or "").split()))
+            info = (m.get("regions") or {}).get(reg) or {}
+            if info.get("present"):
+                present[reg] += 1
+                areas.setdefault(reg, []).append(float(info.get("area") or 0.0))
+    for reg in REGION_NAMES:
+        if not any(words.get(reg, [])):
+            words.pop(reg, None)
+    n = max(len(metas), 1)
+    return dict(words), {r: present[r] / n for r in REGION_NAMES}, areas
 
 
 def _rejects_section(rows: list[dict[str, Any]], img_dir: Path, cfg: ReportConfig) -> str:

@@ -87,7 +87,7 @@ def decode_sample(members: dict[str, bytes]) -> FaceSample:
     affine = meta["crop"]["affine"]
     face = meta["face"]
     lm5 = np.asarray(face["landmarks5"], dtype=np.float32)
-    lm = None if face.get("landmarks") is None else np.asarray(face["landmarks"], np.float32)
+    lm = np.asarray(face["landmarks"], np.float32) if face.get("landmarks") else None
     key = members.get("__key__", meta["key"])
     if isinstance(key, bytes):
         key = key.decode()

@@ -14,7 +14,12 @@ Layout written under DEST (all names derive from the sample key, never from a so
 The official loader calls `torch.load` on the identity file, so that one file is written with
 `torch.save` of a bare tensor (it loads with `weights_only=True`); everything else is
 image/JSON. The official dataset maps mask values with its own table, which agrees with the
-CelebAMask-HQ ids for every region it uses (1 face, 4/5 eyes, 7/8 ears, 10 nose, 12/13 lips).
+face-parsing.PyTorch ids for every region it uses (1 face, 4/5 eyes, 7/8 ears, 10 nose, 12/13
+lips); of each left/right pair it keeps the first id, 4 or 7: the subject's left, which is what
+fgid's masks hold there. Its foreground is label 0's filled outer contour inverted, so a mask
+must separate the person from the background (the embedded parser's cut does) for that
+foreground not to be empty. Colour previews draw each id in CelebAMask-HQ's colour of its class
+(`schema.LABEL_COLORS`).
 """
 
 from __future__ import annotations

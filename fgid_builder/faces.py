@@ -62,9 +62,9 @@ def _r(v: float, nd: int = 3) -> float:
     return round(float(v), nd)
 
 
-def _points_json(points: np.ndarray | None) -> list[list[float]] | None:
-    if points is None:
-        return None
+def _points_json(points: np.ndarray | None) -> list[list[float]]:
+    if points is None:  # [] not null: one type per field in every sample (sample.schema.json)
+        return []
     return [[_r(x, 2), _r(y, 2)] for x, y in np.asarray(points, dtype=np.float64).reshape(-1, 2)]
 
 

@@ -16,11 +16,16 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+# 2: subject's-left labels, person/background in the embedded masks, one type per field (region
+#    bbox always a list, weights_sha256 always a string, prompt a JSON string, landmarks a list),
+#    `captions.measured`; the JSON Schema is `sample.schema.json` beside this module.
+SCHEMA_VERSION = 2
 PORTRAIT_SIZE = 512
 
-# CelebAMask-HQ ids as facexlib's BiSeNet emits them. The official ConsistentID table mislabels
-# 6, 9, 11, 15, 17 and 18; these are the ids the network actually produces.
+# The 19 classes of face-parsing.PyTorch (CelebAMask-HQ annotations), in the id order its BiSeNet
+# (and facexlib's, and ConsistentID's) emits them. `l_*` is the SUBJECT's left: on a frontal photo
+# l_eye (4) lies on the image's right. The official ConsistentID table mislabels 6, 9, 11, 15, 17
+# and 18; these are the ids the network actually produces.
 LABELS: dict[int, str] = {
     0: "background",
     1: "skin",
@@ -45,27 +50,34 @@ LABELS: dict[int, str] = {
 LABEL_IDS: dict[str, int] = {name: i for i, name in LABELS.items()}
 NUM_LABELS = len(LABELS)
 
-# Colours for previews (the CelebAMask-HQ palette order, by id).
+# CelebAMask-HQ's preview colour of each class, by class name (its `g_mask.py` lists them in its
+# own class order: skin, nose, eye_g, l_eye, r_eye, l_brow, r_brow, l_ear, r_ear, mouth, u_lip,
+# l_lip, hair, hat, ear_r, neck_l, neck, cloth); keyed by name so each face-parsing id gets its
+# class's colour, not the colour of whatever CelebAMask-HQ lists at that position.
+CELEBAMASK_HQ_COLORS: dict[str, tuple[int, int, int]] = {
+    "background": (0, 0, 0),
+    "skin": (204, 0, 0),
+    "nose": (76, 153, 0),
+    "eye_g": (204, 204, 0),
+    "l_eye": (51, 51, 255),
+    "r_eye": (204, 0, 204),
+    "l_brow": (0, 255, 255),
+    "r_brow": (255, 204, 204),
+    "l_ear": (102, 51, 0),
+    "r_ear": (255, 0, 0),
+    "mouth": (102, 204, 0),
+    "u_lip": (255, 255, 0),
+    "l_lip": (0, 0, 153),
+    "hair": (0, 0, 204),
+    "hat": (255, 51, 153),
+    "ear_r": (0, 204, 204),
+    "neck_l": (0, 51, 0),
+    "neck": (255, 153, 51),
+    "cloth": (0, 204, 0),
+}
+# Preview colour by label id (export previews, report overlays and palette).
 LABEL_COLORS: dict[int, tuple[int, int, int]] = {
-    0: (0, 0, 0),
-    1: (204, 0, 0),
-    2: (76, 153, 0),
-    3: (204, 204, 0),
-    4: (51, 51, 255),
-    5: (204, 0, 204),
-    6: (0, 255, 255),
-    7: (255, 204, 204),
-    8: (102, 51, 0),
-    9: (255, 0, 0),
-    10: (102, 204, 0),
-    11: (255, 255, 0),
-    12: (0, 0, 153),
-    13: (0, 0, 204),
-    14: (255, 51, 153),
-    15: (0, 204, 204),
-    16: (0, 51, 0),
-    17: (255, 153, 51),
-    18: (0, 204, 0),
+    i: CELEBAMASK_HQ_COLORS[name] for i, name in LABELS.items()
 }
 
 # The five facial regions ConsistentID captions and encodes, and the label ids each covers.
@@ -151,22 +163,29 @@ def is_valid_key(key: str) -> bool:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What produced a stage's output: recorded with every sample."""
+    """What produced a stage's output: recorded with every sample.
+
+    In the sample JSON every field is a string whatever the backend: `weights_sha256` is "" for
+    a backend without weights, `prompt` the canonical JSON of the prompt record ("" if none), so
+    builds from different backends load together (`sample.schema.json`).
+    """
 
     name: str
     version: str
-    weights_sha256: str | None = None
+    weights_sha256: str = ""
     prompt: dict[str, Any] | None = None
 
+    def __post_init__(self) -> None:
+        if self.weights_sha256 is None:
+            object.__setattr__(self, "weights_sha256", "")
+
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+        return {
             "name": self.name,
             "version": self.version,
             "weights_sha256": self.weights_sha256,
+            "prompt": "" if self.prompt is None else dumps_json(self.prompt).decode(),
         }
-        if self.prompt is not None:
-            out["prompt"] = self.prompt
-        return out
 
 
 @dataclass
@@ -187,16 +206,35 @@ class DetectedFace:
 
 @dataclass
 class Captions:
+    """Caption text is description only: a region the captioner did not see has an empty
+    caption and `measured[region] = False` (default: measured where the caption is not empty)."""
+
     global_: str
     facial: str
     regions: dict[str, str]  # exactly REGION_NAMES
+    measured: dict[str, bool] | None = None
+
+    def __post_init__(self) -> None:
+        if self.measured is None:
+            self.measured = {r: bool(self.regions.get(r, "").strip()) for r in self.regions}
 
     def to_json(self) -> dict[str, Any]:
-        return {"global": self.global_, "facial": self.facial, "regions": dict(self.regions)}
+        return {
+            "global": self.global_,
+            "facial": self.facial,
+            "regions": dict(self.regions),
+            "measured": dict(self.measured or {}),
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Captions:
-        return cls(global_=d["global"], facial=d["facial"], regions=dict(d["regions"]))
+        measured = d.get("measured")
+        return cls(
+            global_=d["global"],
+            facial=d["facial"],
+            regions=dict(d["regions"]),
+            measured=None if measured is None else dict(measured),
+        )
 
 
 @dataclass
@@ -245,7 +283,7 @@ def region_stats(mask: np.ndarray) -> dict[str, dict[str, Any]]:
         sel = np.isin(mask, REGION_LABELS[name])
         n = int(sel.sum())
         if n == 0:
-            out[name] = {"present": False, "area": 0.0, "bbox": None}
+            out[name] = {"present": False, "area": 0.0, "bbox": [0, 0, 0, 0]}
             continue
         ys, xs = np.nonzero(sel)
         out[name] = {
@@ -254,6 +292,43 @@ def region_stats(mask: np.ndarray) -> dict[str, dict[str, Any]]:
             "bbox": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
         }
     return out
+
+
+def sample_json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) every sample's `json` member follows."""
+    from importlib.resources import files
+
+    return json.loads(files("fgid_builder").joinpath("sample.schema.json").read_text())
+
+
+def _feature(node: dict[str, Any]) -> Any:
+    import datasets
+
+    kind = node["type"]
+    if kind == "object":
+        return {k: _feature(v) for k, v in node["properties"].items()}
+    if kind == "array":
+        return datasets.Sequence(_feature(node["items"]))
+    return datasets.Value(
+        {"string": "string", "integer": "int64", "number": "float64", "boolean": "bool"}[kind]
+    )
+
+
+def sample_features() -> Any:
+    """`datasets.Features` of a shard sample as `datasets.load_dataset("webdataset", ...)` reads
+    it (`features=` skips type inference from the first samples), from the JSON Schema."""
+    import datasets
+
+    return datasets.Features(
+        {
+            "__key__": datasets.Value("string"),
+            "__url__": datasets.Value("string"),
+            "jpg": datasets.Image(),
+            "mask.png": datasets.Image(),
+            "id.npy": datasets.Sequence(datasets.Value("float32")),
+            "json": _feature(sample_json_schema()),
+        }
+    )
 
 
 def dumps_json(obj: Any) -> bytes:

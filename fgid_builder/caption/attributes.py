@@ -2,14 +2,15 @@
 
 It states only what it measured on the portrait: face shape from the jaw outline, eye size,
 openness and spacing, brow thickness and arch, nose width and length, lip fullness, whether the
-mouth is open or smiling, skin tone (ITA category of cheek pixels), hair colour where the band
-above the forehead differs from the skin, and head pose. It has no ear detector, so the ears
-sentence says they were not measured. It never states gender, age, ethnicity or identity.
+mouth is open or smiling, skin tone (ITA category of cheek pixels), hair colour where the parser
+found hair unlike the skin, and head pose. It has no ear detector, so the ears caption is empty
+and `measured` says so (`captions.measured.ears = false`): caption text is description only. It
+never states gender, age, ethnicity or identity.
 
 Words come from where a figure falls in the distribution of real faces: the tercile cuts below
 are the 33rd/67th percentiles printed by `scripts/calibrate_captioner.py` on the 68 faces of the
 shared deepface photos (64 photos, 13+ people); rerun it on a larger set to recalibrate. Skin tone
-uses the standard ITA bands (Chardon et al. 1991; Del Bino et al. 2006). ITA is measured on the
+uses three wide ITA bands (Chardon et al. 1991; Del Bino et al. 2006). ITA is measured on the
 photo as lit, so it describes the pixels, not the person.
 """
 
@@ -46,14 +47,22 @@ SMILE_MIN = 0.065
 MOUTH_OPEN_MIN = 0.08
 EYES_CLOSED_MAX = 0.12  # eye aspect ratio below which the eyes read as closed
 COLOURLESS_MAX_CHROMA = 4.0  # skin chroma (a*, b*) under this: a black-and-white photo
-HAIR_MIN_DELTA_E = 12.0  # band above the forehead closer than this to the skin: no hair seen
-# ITA bands (degrees): very light > 55 > light > 41 > intermediate > 28 > tan > 10 > brown > -30.
+HAIR_MIN_DELTA_E = 12.0  # hair pixels closer than this to the skin colour: no hair seen
+# Hair colour names from the CIELAB median of the hair pixels (L* lightness, chroma = |a*, b*|).
+HAIR_GREY_MIN_L, HAIR_GREY_MAX_CHROMA = 40.0, 4.5  # light and colourless: grey or white
+HAIR_RED_MIN_A = 20.0  # red where a* dominates b* (auburn, ginger)
+HAIR_DARK_MAX_L = 25.0  # under this: black (colourless) or dark brown
+HAIR_BLACK_MAX_CHROMA = 6.0
+HAIR_BROWN_MAX_L = 40.0
+HAIR_DARK_BLOND_MIN_CHROMA = 12.5  # 40-55 L*: yellowish is dark blond, else light brown
+HAIR_BLOND_MIN_L = 55.0
+# ITA bands (degrees), three wide ones: light > 41 > medium > 10 > dark. The six standard bands
+# (very light > 55 > light > 41 > intermediate > 28 > tan > 10 > brown > -30 > dark) are narrower
+# than the spread of one person's ITA across photos (10-20 degrees on the deepface identities:
+# the photo's lighting moves it), so they named one person's skin four ways.
 ITA_BANDS: tuple[tuple[float, str], ...] = (
-    (55.0, "very light"),
     (41.0, "light"),
-    (28.0, "medium"),
-    (10.0, "tan"),
-    (-30.0, "brown"),
+    (10.0, "medium"),
 )
 
 WORDS: dict[str, tuple[str, str, str]] = {
@@ -93,27 +102,26 @@ def skin_words(ita: float | None) -> str | None:
     for cut, name in ITA_BANDS:
         if ita > cut:
             return name
-    return "dark"
+    return "dark"  # under the last band
 
 
 def hair_words(hair_lab: list[float] | None, delta_e: float | None) -> str | None:
-    """A colour name for the band above the forehead, None where it looks like skin."""
+    """A colour name for the parser's hair pixels (CIELAB median), None where none were found or
+    they look like the skin. Cuts: `HAIR_*` above, set against `tests/data/hair_labels.csv`."""
     if hair_lab is None or delta_e is None or delta_e < HAIR_MIN_DELTA_E:
         return None
     lum, a, b = hair_lab
     chroma = float(np.hypot(a, b))
-    if lum < 18:
-        return "black"
-    if a > 18 and lum >= 25:
+    if lum >= HAIR_GREY_MIN_L and chroma < HAIR_GREY_MAX_CHROMA:
+        return "grey"
+    if a >= HAIR_RED_MIN_A and a >= b and lum < HAIR_BLOND_MIN_L:
         return "red"
-    if lum < 32:
-        return "dark brown"
-    if lum < 48:
-        return "brown"
-    if lum < 60:
-        return "dark blond" if b >= 20 else "light brown"
-    if chroma < 10:
-        return "very light (grey, white or platinum)"
+    if lum < HAIR_DARK_MAX_L:
+        return "black" if chroma < HAIR_BLACK_MAX_CHROMA else "dark brown"
+    if lum < HAIR_BROWN_MAX_L:
+        return "black" if chroma < HAIR_BLACK_MAX_CHROMA else "brown"
+    if lum < HAIR_BLOND_MIN_L:
+        return "dark blond" if chroma >= HAIR_DARK_BLOND_MIN_CHROMA else "light brown"
     return "blond"
 
 
@@ -148,8 +156,6 @@ def describe(measures: dict[str, Any], face: dict[str, Any]) -> Captions:
     face_sent = f"The face is {shape} with {jaw}"
     face_sent += f", and the skin tone appears {skin}." if skin else "."
 
-    ears_sent = "The ears are not described: this describer does not locate ears."
-
     closed = m["eye_openness"] < EYES_CLOSED_MAX
     eye_bits = [word("eye_size", m["eye_size"]), word("eye_spacing", m["eye_spacing"])]
     eye_bits.append("closed" if closed else word("eye_openness", m["eye_openness"]))
@@ -180,19 +186,20 @@ def describe(measures: dict[str, Any], face: dict[str, Any]) -> Captions:
 
     regions = {
         "face": face_sent,
-        "ears": ears_sent,
+        "ears": "",  # not measured: no ear detector
         "eyes": eyes_sent,
         "nose": nose_sent,
         "mouth": mouth_sent,
     }
-    facial = " ".join(regions[r] for r in REGION_NAMES)
+    facial = " ".join(regions[r] for r in REGION_NAMES if regions[r])
 
     look = "smiling" if smiling else "with a neutral expression"
     details = [f"{skin} skin" if skin else None, f"{hair} hair" if hair else None]
     details = [d for d in details if d]
     with_ = f" with {' and '.join(details)}" if details else ""
     global_ = f"A close-up portrait photo of a person{with_}, {look}, {pose_words(face)}."
-    return Captions(global_=global_, facial=facial, regions=regions)
+    measured = {r: r != "ears" for r in REGION_NAMES}
+    return Captions(global_=global_, facial=facial, regions=regions, measured=measured)
 
 
 class AttributeCaptioner(Backend):
@@ -214,7 +221,6 @@ class AttributeCaptioner(Backend):
         return ModelInfo(
             name="attribute-describer",
             version=VERSION,
-            weights_sha256=None,
             prompt={
                 "kind": "measured attributes, no language model",
                 "calibration": "scripts/calibrate_captioner.py",

@@ -123,10 +123,45 @@ def measure_face(
     return m
 
 
+def _hair_pixels(
+    portrait: np.ndarray, p: np.ndarray, mask: np.ndarray | None, up: np.ndarray, iod: float
+) -> np.ndarray | None:
+    """(N, 3) RGB hair pixels: the parser's hair label (17) above the brows where it found hair
+    (all of it when little is above the brows); without a label map, a band above the forehead
+    arc between the outer brow ends. None where fewer than 50 pixels are hair."""
+    if mask is not None:
+        ys, xs = np.nonzero(mask == LABEL_IDS["hair"])
+        brow = p[17:27].mean(axis=0)
+        above = (xs - brow[0]) * up[0] + (ys - brow[1]) * up[1] > 0
+        if above.sum() >= 50:
+            ys, xs = ys[above], xs[above]
+        if len(ys) < 50:
+            return None
+        step = max(1, len(ys) // 4000)
+        return portrait[ys[::step], xs[::step]]
+    h, w = portrait.shape[:2]
+    arc = forehead_arc(p)
+    top = arc[len(arc) // 2]
+    band = np.zeros((h, w), dtype=np.uint8)
+    half = 0.6 * iod
+    right = np.array([-up[1], up[0]])
+    quad = np.array(
+        [
+            top - right * half + up * 0.08 * iod,
+            top + right * half + up * 0.08 * iod,
+            top + right * half + up * 0.4 * iod,
+            top - right * half + up * 0.4 * iod,
+        ]
+    )
+    cv2.fillPoly(band, [np.round(quad).astype(np.int32).reshape(-1, 1, 2)], 1)
+    bsel = band.astype(bool)
+    return portrait[bsel] if bsel.sum() >= 50 else None
+
+
 def _colours(
     portrait: np.ndarray, p: np.ndarray, mask: np.ndarray | None, up: np.ndarray, iod: float
 ) -> dict[str, Any]:
-    """Skin CIELAB + ITA from cheek skin; hair CIELAB from a band above the forehead."""
+    """Skin CIELAB + ITA from cheek skin; hair CIELAB from the hair the parser found."""
     h, w = portrait.shape[:2]
     cheeks = np.zeros((h, w), dtype=np.uint8)
     # below the eyes, above the mouth corners, outside the nose: two cheek polygons
@@ -146,24 +181,9 @@ def _colours(
     out["skin_lab"] = [round(float(v), 2) for v in skin]
     out["ita"] = ita_degrees(skin)
 
-    # hair band: just above the forehead arc, between the outer brow ends
-    arc = forehead_arc(p)
-    top = arc[len(arc) // 2]
-    band = np.zeros((h, w), dtype=np.uint8)
-    half = 0.6 * iod
-    right = np.array([-up[1], up[0]])
-    quad = np.array(
-        [
-            top - right * half + up * 0.08 * iod,
-            top + right * half + up * 0.08 * iod,
-            top + right * half + up * 0.4 * iod,
-            top - right * half + up * 0.4 * iod,
-        ]
-    )
-    cv2.fillPoly(band, [np.round(quad).astype(np.int32).reshape(-1, 1, 2)], 1)
-    bsel = band.astype(bool)
-    if bsel.sum() >= 50:
-        hair = np.median(_lab(portrait[bsel]), axis=0)
-        out["hair_lab"] = [round(float(v), 2) for v in hair]
-        out["hair_delta_e"] = float(np.linalg.norm(hair - skin))
+    hair = _hair_pixels(portrait, p, mask, up, iod)
+    if hair is not None:
+        hair_lab = np.median(_lab(hair), axis=0)
+        out["hair_lab"] = [round(float(v), 2) for v in hair_lab]
+        out["hair_delta_e"] = float(np.linalg.norm(hair_lab - skin))
     return out

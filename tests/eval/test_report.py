@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from eval.report import ReportConfig, identity_stats, overlay, write_report
+from eval.report import ReportConfig, identity_stats, overlay, region_figures, write_report
 from pipelines.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,6 +99,37 @@ def test_overlay_uses_label_colours():
     mask[0, 0] = 1  # skin: (204, 0, 0)
     out = overlay(portrait, mask, alpha=1.0)
     assert tuple(out[0, 0]) == (204, 0, 0) and tuple(out[1, 1]) == (0, 0, 0)
+
+
+def test_palette_follows_the_label_ids(report):
+    """Each face-parsing id is drawn in CelebAMask-HQ's colour of that class (l_brow 2 in the
+    brow colour, not the nose colour CelebAMask-HQ lists second), and the legend says so."""
+    from fgid_builder.schema import CELEBAMASK_HQ_COLORS, LABEL_COLORS, LABELS
+
+    assert LABEL_COLORS[2] == CELEBAMASK_HQ_COLORS["l_brow"] == (0, 255, 255)
+    assert LABEL_COLORS[10] == CELEBAMASK_HQ_COLORS["nose"] == (76, 153, 0)
+    assert LABEL_COLORS[17] == CELEBAMASK_HQ_COLORS["hair"]
+    assert len(set(LABEL_COLORS.values())) == len(LABELS)
+    page = report.read_text()
+    for i in (2, 4, 10, 17):
+        r, g, b = LABEL_COLORS[i]
+        assert f'rgb({r},{g},{b})"></i>{i} {LABELS[i]}' in page, i
+
+
+def test_region_figures_only_for_regions_some_sample_has(demo_dataset):
+    """The embedded parser finds no ears: no ears area or caption-length figure, while the
+    presence bar still says 0; the other regions have both."""
+    import json
+
+    from fgid_builder.shards import iter_shard, shard_paths
+
+    metas = [json.loads(m["json"]) for t in shard_paths(demo_dataset / "shards")
+             for m in iter_shard(t)]  # fmt: skip
+    words, present, areas = region_figures(metas)
+    assert present["ears"] == 0.0 and "ears" not in areas and "ears" not in words
+    for r in ("face", "eyes", "nose", "mouth"):
+        assert present[r] > 0 and areas[r] and r in words
+    assert max(areas["eyes"]) < 0.05 < min(areas["face"])  # hence the log scale
 
 
 def test_identity_stats_clusters_and_duplicates():

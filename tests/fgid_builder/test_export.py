@@ -1,4 +1,5 @@
-"""The export read back the way the official ConsistentID `train.py` (utils.MyDataset) reads it."""
+"""The export of real parser masks read back the way the official ConsistentID `train.py`
+(utils.MyDataset) reads it."""
 
 from __future__ import annotations
 
@@ -6,103 +7,79 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from fgid_builder.encode import decode_sample, encode_sample
 from fgid_builder.export import export_samples, official_train_args
-from fgid_builder.schema import dumps_json, make_key, npy_bytes, sha256_bytes
+from fgid_builder.process import ImageProcessor, parse_samples
+from fgid_builder.schema import CELEBAMASK_HQ_COLORS, LABEL_COLORS, LABEL_IDS
 from fgid_builder.shards import shard_stats, write_shard, write_stats
+from tests.fgid_builder.backends import tiny_models as tm
+from tests.official_consistentid import (
+    OFFICIAL_PARTS,
+    official_foreground,
+    official_region_masks,
+)
 
 torch = pytest.importorskip("torch")
 
 # The official `functions.mapping_table`, the rows its dataset uses (mask value -> body part).
-OFFICIAL_PARTS = {
-    1: "Face",
-    4: "Left_Eye",
-    5: "Right_Eye",
-    7: "Left_Ear",
-    8: "Right_Ear",
-    10: "Nose",
-    12: "Upper_Lip",
-    13: "Lower_Lip",
-}
 OFFICIAL_KEY_LIST = set(OFFICIAL_PARTS.values())  # utils.MyDataset.__getitem__ key_list
+FACE_PARTS = {"Face", "Left_Eye", "Right_Eye", "Nose", "Upper_Lip", "Lower_Lip"}
+FRONTAL = ("astronaut.png", "grace_hopper.jpg")
 
 
-def _mask() -> np.ndarray:
-    """A label map with every region the official loader looks for, at plausible places."""
-    m = np.zeros((512, 512), np.uint8)
-    m[96:448, 112:400] = 1  # skin
-    m[200:230, 170:230] = 4
-    m[200:230, 282:342] = 5
-    m[200:300, 96:112] = 7
-    m[200:300, 400:416] = 8
-    m[230:320, 236:276] = 10
-    m[340:360, 206:306] = 12
-    m[360:380, 206:306] = 13
-    m[180:196, 170:230] = 2
-    m[448:512, 180:332] = 14
-    return m
+@pytest.fixture(scope="module")
+def parsed(shipped_photos, tmp_path_factory) -> dict[str, Any]:
+    """Samples of the frontal shipped photos through the real parsers: the landmark parser
+    (embedded stack) and facexlib's BiSeNet with random weights (real loading code), the source
+    photos copied under a folder with spaces, as uris relative to it."""
+    from fgid_builder.registry import create
+
+    root = tmp_path_factory.mktemp("export_src")
+    src = root / "photos"
+    models = root / "models"
+    tm.bisenet_pth(models)
+    default = ImageProcessor.default()
+    bisenet = create("parse", "bisenet", models_dir=str(models), device="cpu")
+    out: dict[str, Any] = {"src": src, "landmarks": [], "bisenet": []}
+    for path in shipped_photos:
+        if path.name not in FRONTAL:
+            continue
+        uri = f"sub dir/{path.name}"
+        (src / uri).parent.mkdir(parents=True, exist_ok=True)
+        (src / uri).write_bytes(path.read_bytes())
+        members = default.process(path.read_bytes(), uri).members
+        out["landmarks"] += members
+        # the same faces parsed by BiSeNet (region figures from its mask, as the build does)
+        faces = parse_samples(bisenet, [decode_sample(m) for m in members])
+        out["bisenet"] += [encode_sample(f) for f in faces]
+    assert len(out["landmarks"]) == len(FRONTAL) == len(out["bisenet"])
+    return out
 
 
-def _sample(seed: int, source: bytes, uri: str, dim: int = 128) -> dict[str, bytes]:
-    rng = np.random.default_rng(seed)
-    portrait = rng.integers(0, 255, (512, 512, 3), dtype=np.uint8)
-    jpg = io.BytesIO()
-    Image.fromarray(portrait).save(jpg, format="JPEG", quality=90)
-    png = io.BytesIO()
-    Image.fromarray(_mask()).save(png, format="PNG")
-    emb = rng.standard_normal(dim).astype(np.float32)
-    emb /= np.linalg.norm(emb)
-    sha = sha256_bytes(source)
-    key = make_key(sha, 0)
-    meta = {
-        "key": key,
-        "source": {"uri": uri, "sha256": sha, "width": 96, "height": 80},
-        "captions": {
-            "global": f"A person number {seed} in a photo.",
-            "facial": "The face is oval, the ears are not measured, the eyes are wide, "
-            "the nose is straight, the mouth is closed.",
-            "regions": {r: f"{r} sentence" for r in ("face", "ears", "eyes", "nose", "mouth")},
-        },
-    }
-    return {
-        "__key__": key,
-        "jpg": jpg.getvalue(),
-        "mask.png": png.getvalue(),
-        "id.npy": npy_bytes(emb),
-        "json": dumps_json(meta),
-    }
-
-
-def _source_photo(path: Path, seed: int) -> bytes:
-    rng = np.random.default_rng(100 + seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(buf, format="PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buf.getvalue())
-    return buf.getvalue()
-
-
-@pytest.fixture()
-def dataset(tmp_path: Path) -> tuple[Path, Path, list[dict[str, bytes]]]:
-    """A two-shard fgid dataset with three samples, and the folder its uris are relative to."""
-    src = tmp_path / "photos"
-    samples = []
-    for i in range(3):
-        uri = f"sub dir/photo {i}.png"
-        samples.append(_sample(i, _source_photo(src / uri, i), uri))
-    out = tmp_path / "ds"
+def _write_dataset(out: Path, samples: list[dict[str, bytes]]) -> Path:
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True)
-    for shard_id, part in enumerate((samples[:2], samples[2:])):
+    parts = (samples[:1], samples[1:]) if len(samples) > 1 else (samples,)
+    for shard_id, part in enumerate(parts):
         tar = write_shard(shard_dir / f"{shard_id:06d}.tar", part)
         stats = shard_stats(shard_id, tar=tar, images=len(part), reject_reasons=[])
         write_stats(shard_dir / f"{shard_id:06d}.json", stats)
-    return out, src, samples
+    return out
+
+
+@pytest.fixture()
+def dataset(parsed, tmp_path: Path) -> tuple[Path, Path, list[dict[str, bytes]]]:
+    """A two-shard fgid dataset of the landmark parser's samples, and the folder its uris are
+    relative to."""
+    samples = parsed["landmarks"]
+    return _write_dataset(tmp_path / "ds", samples), parsed["src"], samples
 
 
 def read_like_official_train(dest: Path) -> list[dict]:
@@ -121,14 +98,18 @@ def read_like_official_train(dest: Path) -> list[dict]:
         face_id_embed = torch.load(
             os.path.join(flags["faceid_root_path"], faceid_file), weights_only=True
         )
-        values = np.unique(np.array(raw_mask))
+        mask = np.array(raw_mask)
+        values = np.unique(mask)
         parts = {OFFICIAL_PARTS[int(v)] for v in values if int(v) in OFFICIAL_PARTS}
         items.append(
             {
                 "item": item,
                 "image": raw_image.convert("RGB"),
-                "mask": np.array(raw_mask),
+                "mask": mask,
                 "parts": parts,
+                "kept_parts": official_region_masks(mask),
+                # what the official loader multiplies the loss by half the time
+                "foreground": official_foreground(mask) if 0 in values else None,
                 "id": face_id_embed,
                 "captions": (global_caption, text_origin),
             }
@@ -137,12 +118,15 @@ def read_like_official_train(dest: Path) -> list[dict]:
 
 
 def test_export_reads_like_official_train(dataset, tmp_path: Path) -> None:
+    """The landmark parser's real masks through `fgid export`, read as the official MyDataset
+    does: the face parts it keys on, a non-empty foreground that holds the face, the subject's
+    left eye (4, the one it keeps) on the image's right, and previews in the label colours."""
     out, src, samples = dataset
     dest = tmp_path / "export"
     from pipelines.export_cmd import iter_dataset
 
     summary = export_samples(iter_dataset(out), dest, source_root=src)
-    assert summary.samples == 3 and summary.originals == 3 and summary.id_dim == 128
+    assert summary.samples == 2 and summary.originals == 2 and summary.id_dim == 128
 
     by_key = {s["__key__"]: s for s in samples}
     items = read_like_official_train(dest)
@@ -152,8 +136,22 @@ def test_export_reads_like_official_train(dataset, tmp_path: Path) -> None:
         meta = json.loads(s["json"])
         assert it["image"].size == (512, 512)
         assert it["mask"].dtype == np.uint8 and it["mask"].shape == (512, 512)
-        np.testing.assert_array_equal(it["mask"], _mask())
-        assert it["parts"] == OFFICIAL_KEY_LIST  # 1 face, 4/5 eyes, 7/8 ears, 10 nose, 12/13 lips
+        np.testing.assert_array_equal(it["mask"], np.array(Image.open(io.BytesIO(s["mask.png"]))))
+        assert it["parts"] == FACE_PARTS  # no ears from 68 points
+        fg = it["foreground"]
+        assert fg is not None and fg.any(), "the official foreground is empty"
+        assert fg[np.isin(it["mask"], [1, 2, 3, 4, 5, 10, 11, 12, 13])].mean() > 0.99
+        assert not fg.all()
+        # the official loader keeps label 4 as "the eye": the subject's left, the image's right
+        kept = it["kept_parts"]
+        assert "Left_Eye" in kept and "Right_Eye" not in kept
+        eye_x = np.nonzero(kept["Left_Eye"])[1].mean()
+        assert eye_x > np.nonzero(it["mask"] == LABEL_IDS["r_eye"])[1].mean()
+        preview = np.array(Image.open(dest / "parsing_color_IMG" / item["parsing_color_IMG"]))
+        for name in ("skin", "l_eye", "r_eye", "l_brow", "nose", "hair"):
+            sel = it["mask"] == LABEL_IDS[name]
+            assert sel.any(), name
+            assert (preview[sel] == CELEBAMASK_HQ_COLORS[name]).all(), name
         assert isinstance(it["id"], torch.Tensor) and tuple(it["id"].shape) == (1, 128)
         assert it["id"].dtype == torch.float32
         np.testing.assert_allclose(
@@ -169,7 +167,28 @@ def test_export_reads_like_official_train(dataset, tmp_path: Path) -> None:
         per_image = json.loads((dest / "FGID_JSON" / f"{item['fgid_key']}.json").read_text())
         assert per_image == item
         original = Image.open(dest / "origin_IMG" / item["origin_IMG"])
-        assert original.size == (96, 80) and "exif" not in original.info
+        assert original.size == (meta["source"]["width"], meta["source"]["height"])
+        assert "exif" not in original.info
+
+
+def test_export_of_bisenet_masks_keeps_its_ids(parsed, tmp_path: Path) -> None:
+    """facexlib BiSeNet's argmax ids reach the export unchanged (no remapping, no left/right
+    swap) and every id present is previewed in its class's colour."""
+    from pipelines.export_cmd import iter_dataset
+
+    samples = parsed["bisenet"]
+    out = _write_dataset(tmp_path / "ds", samples)
+    dest = tmp_path / "export"
+    export_samples(iter_dataset(out), dest, source_root=parsed["src"])
+    for s in samples:
+        key = s["__key__"]
+        mask = np.array(Image.open(io.BytesIO(s["mask.png"])))
+        assert json.loads(s["json"])["models"]["parse"]["name"] == "facexlib-bisenet"
+        exported = np.array(Image.open(dest / "parsing_mask_IMG" / f"{key}.png"))
+        np.testing.assert_array_equal(exported, mask)
+        preview = np.array(Image.open(dest / "parsing_color_IMG" / f"{key}.png"))
+        for v in np.unique(mask):
+            assert (preview[mask == v] == LABEL_COLORS[int(v)]).all(), int(v)
 
 
 def test_export_without_sources_still_complete(dataset, tmp_path: Path) -> None:
@@ -178,9 +197,9 @@ def test_export_without_sources_still_complete(dataset, tmp_path: Path) -> None:
     from pipelines.export_cmd import iter_dataset
 
     summary = export_samples(iter_dataset(out), dest, source_root=tmp_path / "nowhere")
-    assert summary.samples == 3 and summary.originals == 0 and summary.originals_missing == 3
+    assert summary.samples == 2 and summary.originals == 0 and summary.originals_missing == 2
     items = read_like_official_train(dest)
-    assert len(items) == 3 and all("origin_IMG" not in it["item"] for it in items)
+    assert len(items) == 2 and all("origin_IMG" not in it["item"] for it in items)
 
 
 def test_export_cli(dataset, tmp_path: Path) -> None:
@@ -190,8 +209,8 @@ def test_export_cli(dataset, tmp_path: Path) -> None:
     dest = tmp_path / "cli export"
     result = CliRunner().invoke(main, ["export", str(out), str(dest), "--source-root", str(src)])
     assert result.exit_code == 0, result.output
-    assert '"samples": 3' in result.output and "--data_json_file=" in result.output
-    assert len(json.loads((dest / "JSON_all.json").read_text())) == 3
+    assert '"samples": 2' in result.output and "--data_json_file=" in result.output
+    assert len(json.loads((dest / "JSON_all.json").read_text())) == 2
     # deterministic: exporting again gives the same merged list and files
     before = {p.relative_to(dest): p.read_bytes() for p in dest.rglob("*") if p.is_file()}
     result = CliRunner().invoke(main, ["export", str(out), str(dest), "--source-root", str(src)])

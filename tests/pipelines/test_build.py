@@ -30,6 +30,7 @@ from pipelines.build import (
 )
 from pipelines.ray_stages import STAGE_NAMES, plan_pools
 from tests.pipelines.inputs import make_bad_inputs
+from tests.sample_checks import check_sample_json
 
 # --------------------------------------------------------------------------- fast, no Ray
 
@@ -283,6 +284,7 @@ def test_plain_webdataset_gives_every_field(built):
         emb = s["id.npy"]
         assert emb.dtype == np.float32 and abs(float(np.linalg.norm(emb)) - 1) < 1e-3
         meta = s["json"]
+        check_sample_json(meta)  # the published JSON Schema; captions describe only
         assert meta["key"] == s["__key__"]
         assert set(meta["captions"]["regions"]) == {"face", "ears", "eyes", "nose", "mouth"}
         assert meta["embedding"]["dim"] == emb.shape[0]

@@ -28,7 +28,9 @@ from fgid_builder.demo import demo_photos
 from fgid_builder.index import read_index
 from fgid_builder.schema import load_npy
 from fgid_builder.shards import iter_shard, shard_paths
+from tests.official_consistentid import official_foreground
 from tests.pipelines.inputs import make_bad_inputs
+from tests.sample_checks import check_sample_json
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -206,13 +208,23 @@ def test_deepface_every_photo_and_pair_accuracy(shared_faces, tmp_path):
 
     f0 = {r["key"]: r["source_uri"] for r in index if r["status"] == "ok" and r["face_index"] == 0}
     emb: dict[str, np.ndarray] = {}
+    foreground_ok = []  # the official ConsistentID foreground of every sample
     for shard in shard_paths(out / "shards"):
         for s in iter_shard(shard):
+            meta = json.loads(s["json"])
+            check_sample_json(meta)  # the published schema; captions describe only
+            mask = np.asarray(Image.open(io.BytesIO(s["mask.png"])))
+            fg = official_foreground(mask)
+            face = np.isin(mask, [1, 2, 3, 4, 5, 10, 11, 12, 13])
+            foreground_ok.append(bool(fg.any()) and float(fg[face].mean()) > 0.99)
             if s["__key__"] in f0:
                 emb[f0[s["__key__"]]] = load_npy(s["id.npy"])
-                meta = json.loads(s["json"])
                 assert set(meta["captions"]["regions"]) == {"face", "ears", "eyes", "nose",
                                                             "mouth"}  # fmt: skip
+    share = float(np.mean(foreground_ok))
+    print(f"official foreground non-empty and covering the face: {sum(foreground_ok)}/"
+          f"{len(foreground_ok)} samples ({share:.1%})")  # fmt: skip
+    assert share >= 0.95
     with open(shared_faces / "pairs.csv", newline="") as f:
         pairs = list(csv.DictReader(f))
     assert len(pairs) == 280

@@ -97,6 +97,8 @@ def check_built_dataset(out: Path, models: dict[str, str]) -> list[dict]:
     test_shards_committed_and_consistent, test_plain_webdataset_gives_every_field), plus the
     per-sample decode of `test_mix._check_members`, on a finished `fgid build` OUT folder.
 
+    Every sample's JSON is validated against the published JSON Schema and its captions checked
+    (`tests.sample_checks.check_sample_json`).
     `models`: stage -> the prefix its recorded model name must have. Returns the index rows.
     """
     import json
@@ -107,6 +109,7 @@ def check_built_dataset(out: Path, models: dict[str, str]) -> list[dict]:
     from fgid_builder.index import read_index
     from fgid_builder.schema import NUM_LABELS, REGION_NAMES, SCHEMA_VERSION, is_valid_key
     from fgid_builder.shards import iter_shard, shard_paths
+    from tests.sample_checks import check_sample_json
 
     rows = read_index(out / "index.parquet").to_pylist()
     ok_keys = [r["key"] for r in rows if r["status"] == "ok"]
@@ -131,6 +134,7 @@ def check_built_dataset(out: Path, models: dict[str, str]) -> list[dict]:
         emb = s["id.npy"]
         assert emb.dtype == np.float32 and abs(float(np.linalg.norm(emb)) - 1) < 1e-3
         meta = s["json"]
+        check_sample_json(meta)
         assert meta["key"] == s["__key__"] and meta["schema_version"] == SCHEMA_VERSION
         assert set(meta["captions"]["regions"]) == set(REGION_NAMES)
         assert meta["embedding"]["dim"] == emb.shape[0]
@@ -147,5 +151,5 @@ def check_built_dataset(out: Path, models: dict[str, str]) -> list[dict]:
             assert sample.mask.dtype == np.uint8 and int(sample.mask.max()) < NUM_LABELS
             for stage in ("detect", "parse", "embed", "caption"):
                 sha = sample.models[stage]["weights_sha256"]
-                assert sha is None or len(sha) == 64, sample.models[stage]
+                assert sha == "" or len(sha) == 64, sample.models[stage]
     return rows

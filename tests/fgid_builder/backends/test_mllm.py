@@ -129,6 +129,8 @@ def test_captioner_option_reaches_the_backend(mllm_dir: Path, shipped_photos, tm
     """`--captioner-option model=tiny-llava` picks the folder under --models-dir: `fgid stage
     caption` records it in every sample; `fgid build` checks it before Ray starts (a model
     folder that is not there: exit 2 naming it) and records the options in build.json."""
+    import json
+
     from click.testing import CliRunner
 
     from pipelines.build import BuildConfig, check_models
@@ -161,7 +163,8 @@ def test_captioner_option_reaches_the_backend(mllm_dir: Path, shipped_photos, tm
     assert ok, rows
     for s in ok:
         info = s.models["caption"]
-        assert info["name"] == "mllm/tiny-llava" and info["prompt"]["max_new_tokens"] == 4
+        prompt = json.loads(info["prompt"])  # a JSON string in every sample (sample.schema.json)
+        assert info["name"] == "mllm/tiny-llava" and prompt["max_new_tokens"] == 4
 
     # fgid build: the driver-side check constructs the backend with the same options
     from fgid_builder.stage_resources import StageResources
@@ -237,7 +240,7 @@ def test_fgid_build_with_the_mllm_captioner(mllm_dir: Path, ray_local, tmp_path:
         # the same fields; each captioner records its own settings under models.caption.prompt
         assert _fields(meta) == _fields(want[key])
         assert meta["face"] == want[key]["face"] and meta["regions"] == want[key]["regions"]
-        prompt = meta["models"]["caption"]["prompt"]
+        prompt = json.loads(meta["models"]["caption"]["prompt"])
         assert prompt["protocol"] == "fgid-2q" and prompt["max_new_tokens"] == 8
         assert prompt["do_sample"] is False and prompt["num_beams"] == 1
         assert meta["captions"] != want[key]["captions"]  # the model's words, not the describer's
