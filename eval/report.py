@@ -491,7 +491,8 @@ def region_figures(
     """(caption words per caption kind, fraction of samples with each region, region areas
     when present). Caption lengths and areas hold only the regions some sample has: a region no
     sample has (the embedded parser's ears) gets no length or area figure."""
-    words: dict[str, list[int]] = defaultdict(list)
+    words: dict[str, list[int]] = {"global": [], "facial": []}
+    words.update({reg: [] for reg in REGION_NAMES})
     present: Counter[str] = Counter()
     areas: dict[str, list[float]] = {}
     for m in metas:
@@ -505,10 +506,10 @@ def region_figures(
                 present[reg] += 1
                 areas.setdefault(reg, []).append(float(info.get("area") or 0.0))
     for reg in REGION_NAMES:
-        if not any(words.get(reg, [])):
-            words.pop(reg, None)
+        if not any(words[reg]):
+            del words[reg]
     n = max(len(metas), 1)
-    return dict(words), {r: present[r] / n for r in REGION_NAMES}, areas
+    return words, {r: present[r] / n for r in REGION_NAMES}, areas
 
 
 def _rejects_section(rows: list[dict[str, Any]], img_dir: Path, cfg: ReportConfig) -> str:
