@@ -301,36 +301,6 @@ def sample_json_schema() -> dict[str, Any]:
     return json.loads(files("fgid_builder").joinpath("sample.schema.json").read_text())
 
 
-def _feature(node: dict[str, Any]) -> Any:
-    import datasets
-
-    kind = node["type"]
-    if kind == "object":
-        return {k: _feature(v) for k, v in node["properties"].items()}
-    if kind == "array":
-        return datasets.Sequence(_feature(node["items"]))
-    return datasets.Value(
-        {"string": "string", "integer": "int64", "number": "float64", "boolean": "bool"}[kind]
-    )
-
-
-def sample_features() -> Any:
-    """`datasets.Features` of a shard sample as `datasets.load_dataset("webdataset", ...)` reads
-    it (`features=` skips type inference from the first samples), from the JSON Schema."""
-    import datasets
-
-    return datasets.Features(
-        {
-            "__key__": datasets.Value("string"),
-            "__url__": datasets.Value("string"),
-            "jpg": datasets.Image(),
-            "mask.png": datasets.Image(),
-            "id.npy": datasets.Sequence(datasets.Value("float32")),
-            "json": _feature(sample_json_schema()),
-        }
-    )
-
-
 def dumps_json(obj: Any) -> bytes:
     """Canonical JSON bytes: sorted keys, no whitespace variance, so shards are reproducible."""
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
