@@ -1,7 +1,9 @@
 """The sample as Hugging Face `datasets` sees it: `datasets.Features` from the JSON Schema.
 
 `datasets.load_dataset("webdataset", data_files=..., features=sample_features())` reads shards
-without inferring types from the first samples (`pip install 'fgid[datasets]'`).
+without inferring types from the first samples (`pip install 'fgid[datasets]'`). The one field
+without fixed keys, `source.extra` (a manifest's pass-through columns), is an empty struct here:
+shards whose manifests had columns need their own Features for it.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ _VALUE = {"string": "string", "integer": "int64", "number": "float64", "boolean"
 
 def _feature(node: dict[str, Any]) -> Any:
     kind = node["type"]
-    if kind == "object":
-        return {k: _feature(v) for k, v in node["properties"].items()}
+    if kind == "object":  # a map without fixed keys (source.extra) becomes an empty struct
+        return {k: _feature(v) for k, v in node.get("properties", {}).items()}
     if kind == "array":
         return datasets.Sequence(_feature(node["items"]))
     return datasets.Value(_VALUE[kind])
