@@ -1385,8 +1385,14 @@ def run_build_watched(cfg: BuildConfig) -> BuildSummary:
     how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
     raise RunFailed(
         f"the build process ended without a result ({how}): its Ray raylet died or it was "
-        "killed (out of memory?); rerun the same command to resume"
+        f"killed (out of memory?){_ray_log_hint(cfg.out)}; rerun the same command to resume"
     )
+
+
+def _ray_log_hint(out: str) -> str:
+    """Where Ray's own messages of this run are (not on the terminal unless --verbose)."""
+    path = Path(out) / LOGS / RAY_LOG
+    return f" (Ray's messages: {path})" if path.is_file() and path.stat().st_size else ""
 
 
 def _watched_child(send: Any, cfg: BuildConfig, parent: int) -> None:
@@ -1421,6 +1427,7 @@ def _failure_line(e: BaseException, out: str) -> str:
     if _is_ray_failure(e):
         hint = (
             " (Ray failed: a raylet or worker died or the cluster is overloaded; rerun to resume)"
+            + _ray_log_hint(out)
         )
     error_file = Path(out) / LOGS / "error.txt"
     try:
