@@ -317,16 +317,21 @@ def _input_base(out: Path) -> str | None:
 def _planned_paths(out: Path) -> dict[str, str]:
     """source uri -> the path the build planned to read it from (OUT/plan.parquet), only for
     inputs the planner read as regular files (those with a SHA-256)."""
-    from pipelines.plan import read_plan, row_path
+    import pyarrow.parquet as pq
 
     path = out / "plan.parquet"
     if not path.is_file():
         return {}
     try:
-        rows = read_plan(path).to_pylist()
+        rows = pq.read_table(path).to_pylist()
     except (OSError, ValueError):
         return {}
-    return {r["source_uri"]: row_path(r) for r in rows if r["source_sha256"]}
+    # `path_bytes`: the raw bytes of a path that is not UTF-8 (pipelines.plan.row_path's rule)
+    return {
+        r["source_uri"]: os.fsdecode(r["path_bytes"]) if r.get("path_bytes") else r["path"]
+        for r in rows
+        if r["source_sha256"]
+    }
 
 
 def _reject_thumb(
@@ -335,9 +340,9 @@ def _reject_thumb(
     """A thumbnail of a rejected input (box drawn for a face reject), if it can be read: only
     an input the plan read as a regular file, read again safely (regular file, at most its
     planned size) and shown only when its bytes still have the planned SHA-256."""
+    from fgid_builder.dataset import resolve_input as resolve_path
     from fgid_builder.io import decode_image, read_input
     from fgid_builder.schema import ImageRejected, sha256_bytes
-    from pipelines.plan import resolve_path
 
     uri = row.get("source_uri") or ""
     sha, size = row.get("source_sha256"), row.get("source_bytes")

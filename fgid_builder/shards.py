@@ -238,15 +238,16 @@ def file_sha256(path: str | os.PathLike) -> str:
 def iter_shard(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """Samples of one shard as {"__key__": key, ext: bytes}, in file order (sorted by key)."""
     with open(path, "rb") as f:
-        yield from _iter_tar(f, str(path))
+        yield from iter_tar(f, str(path))
 
 
 def iter_tar_bytes(data: bytes) -> Iterator[dict[str, Any]]:
     """Like `iter_shard`, for a shard held in memory."""
-    yield from _iter_tar(io.BytesIO(data), "<bytes>")
+    yield from iter_tar(io.BytesIO(data), "<bytes>")
 
 
-def _iter_tar(fileobj: Any, path: str) -> Iterator[dict[str, Any]]:
+def iter_tar(fileobj: Any, path: str) -> Iterator[dict[str, Any]]:
+    """Samples of a shard tar read from a file object (`path` names it in errors)."""
     current: dict[str, Any] | None = None
     with tarfile.open(fileobj=fileobj, mode="r:") as tar:
         for info in tar:

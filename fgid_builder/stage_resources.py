@@ -88,23 +88,6 @@ class StageResources:
     def backend_options(self, stage: str) -> dict[str, Any]:
         return dict(self[stage].options)
 
-    def map_batches_kwargs(self, stage: str, *, default_batch_size: int) -> dict[str, Any]:
-        """Keyword arguments for `Dataset.map_batches` of a stage run as its own actor pool."""
-        from ray.data import ActorPoolStrategy
-
-        r = self[stage]
-        kw: dict[str, Any] = {
-            "batch_size": r.batch_size or default_batch_size,
-            "compute": ActorPoolStrategy(size=r.concurrency or 1),
-        }
-        if r.num_gpus:
-            kw["num_gpus"] = r.num_gpus
-        if r.num_cpus is not None:
-            kw["num_cpus"] = r.num_cpus
-        elif r.num_gpus:
-            kw["num_cpus"] = 1
-        return kw
-
     def to_json(self) -> dict[str, Any]:
         return {s: asdict(r) for s, r in sorted(self.stages.items())}
 
@@ -175,41 +158,6 @@ class StageResources:
         return base.merged(cls.from_dict(flags))
 
 
-def click_options(func: Any) -> Any:
-    """Add `--stage-config FILE`, `--{detector,parser,embedder,captioner}-{gpus,batch-size,
-    concurrency}` and `--{...}-option KEY=VALUE` to a click command; read them back with
-    `resources_from_click_kwargs(kwargs)` (which pops them)."""
-    import click
-
-    for stage in reversed(STAGES[:4]):
-        flag = FLAG_NAMES[stage]
-        func = click.option(
-            f"--{flag}-option",
-            f"{flag}_option",
-            multiple=True,
-            metavar="KEY=VALUE",
-            help=f"Option of the {stage} backend (YAML value), e.g. device=cuda.",
-        )(func)
-        func = click.option(
-            f"--{flag}-concurrency", type=click.IntRange(min=1), default=None,
-            help=f"Actors in the {stage} pool.",
-        )(func)  # fmt: skip
-        func = click.option(
-            f"--{flag}-batch-size", type=click.IntRange(min=1), default=None,
-            help=f"Batch size of the {stage} stage.",
-        )(func)  # fmt: skip
-        func = click.option(
-            f"--{flag}-gpus", type=click.FloatRange(min=0), default=None,
-            help=f"GPUs per {stage} actor (fractions share a GPU); >0 makes it a GPU pool.",
-        )(func)  # fmt: skip
-    return click.option(
-        "--stage-config",
-        type=click.Path(exists=True, dir_okay=False),
-        default=None,
-        help="YAML of per-stage batch_size / concurrency / num_gpus / num_cpus / options.",
-    )(func)
-
-
 def parse_option_values(values: tuple[str, ...] | list[str]) -> dict[str, Any]:
     import yaml
 
@@ -220,22 +168,3 @@ def parse_option_values(values: tuple[str, ...] | list[str]) -> dict[str, Any]:
             raise ValueError(f"expected KEY=VALUE, got {item!r}")
         out[key.strip()] = yaml.safe_load(raw) if raw else ""
     return out
-
-
-def resources_from_click_kwargs(kwargs: dict[str, Any]) -> StageResources:
-    """Pop the options added by `click_options` from a command's kwargs; build the config."""
-    gpus, batch, conc, opts = {}, {}, {}, {}
-    for stage in STAGES[:4]:
-        flag = FLAG_NAMES[stage]
-        gpus[stage] = kwargs.pop(f"{flag}_gpus", None)
-        batch[stage] = kwargs.pop(f"{flag}_batch_size", None)
-        conc[stage] = kwargs.pop(f"{flag}_concurrency", None)
-        values = kwargs.pop(f"{flag}_option", ()) or ()
-        opts[stage] = parse_option_values(values) or None
-    return StageResources.from_cli(
-        stage_config=kwargs.pop("stage_config", None),
-        gpus=gpus,
-        batch_sizes=batch,
-        concurrency=conc,
-        options=opts,
-    )

@@ -57,17 +57,14 @@ from fgid_builder.lock import LockHeld
 from fgid_builder.manifest import ManifestError
 from fgid_builder.registry import DEFAULTS, available
 from fgid_builder.schema import SCHEMA_VERSION, ModelFileError
-from fgid_builder.stage_resources import (
-    FLAG_NAMES,
-    StageResources,
-    click_options,
-    resources_from_click_kwargs,
-)
+from fgid_builder.stage_resources import FLAG_NAMES, StageResources
 from pipelines.options import (
     backend_option,
+    click_options,
     max_faces_option,
     min_face_option,
     models_dir_option,
+    resources_from_click_kwargs,
     shard_size_option,
 )
 

@@ -2,9 +2,10 @@
 
 Two ways in, both lazy about `vllm` (an optional extra: `pip install 'fgid[vllm]'`):
 - `caption(samples)`: a `vllm.LLM` in this process (one GPU actor of the Ray pipeline);
-- `ray_processor()`: a `ray.data.llm` processor (`vLLMEngineProcessorConfig` +
-  `build_processor`) that the pipeline applies to a Dataset of portraits, letting Ray Data run
-  the engine replicas, tokenisation and image preparation as separate stages.
+- `pipelines.vllm_processor.ray_processor(captioner)`: a `ray.data.llm` processor
+  (`vLLMEngineProcessorConfig` + `build_processor`) that the pipeline applies to a Dataset of
+  portraits, letting Ray Data run the engine replicas, tokenisation and image preparation as
+  separate stages (in `pipelines/`: this library imports no Ray).
 Rows carry the portrait as a JPEG data URL in OpenAI chat format, which vLLM's chat templating
 understands for every multimodal family it serves.
 """
@@ -170,46 +171,3 @@ class VLLMCaptioner(Backend):
         outputs = self._m_llm.chat(conversations, self._m_sampling, use_tqdm=False)
         texts = [clean_answer(o.outputs[0].text) for o in outputs]
         return [captions_from_answers(texts[2 * i], texts[2 * i + 1]) for i in range(len(samples))]
-
-    def ray_processor(self, *, image_column: str = "portrait_jpg") -> Any:
-        """A `ray.data.llm` processor for a Dataset of (portrait, question) rows.
-
-        Input rows: `image_column` (JPEG bytes) and `question` ("global" | "facial"), e.g. from
-        `ds.flat_map(question_rows)`; output rows: the same columns plus `answer`. Group the
-        two answers of a key back with `captions_from_answers`.
-        """
-        require_vllm()
-        from ray.data.llm import build_processor, vLLMEngineProcessorConfig
-
-        folder = resolve_model_folder(self.model, self.models_dir, self.model_path)
-        questions = {
-            "global": self.protocol.global_question,
-            "facial": self.protocol.facial_question,
-        }
-        sampling = self._sampling()
-
-        def preprocess(row: dict[str, Any]) -> dict[str, Any]:
-            url = "data:image/jpeg;base64," + base64.b64encode(row[image_column]).decode()
-            return dict(
-                row,
-                messages=chat_messages(url, questions[row["question"]]),
-                sampling_params=sampling,
-            )
-
-        def postprocess(row: dict[str, Any]) -> dict[str, Any]:
-            text = clean_answer(row["generated_text"])
-            keep = {k: v for k, v in row.items() if k not in {"messages", "sampling_params"}}
-            keep["answer"] = text
-            return keep
-
-        config = vLLMEngineProcessorConfig(
-            model_source=str(folder),
-            engine_kwargs=self._engine_kwargs(),
-            batch_size=self.batch_size,
-            concurrency=self.concurrency,
-            prepare_multimodal_stage=True,
-            chat_template_stage=True,
-            tokenize_stage=True,
-            detokenize_stage=True,
-        )
-        return build_processor(config, preprocess=preprocess, postprocess=postprocess)

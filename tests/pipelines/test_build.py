@@ -36,10 +36,10 @@ from tests.sample_checks import check_sample_json
 
 
 def _resource_params() -> set[str]:
-    """The per-stage flags `fgid_builder.stage_resources.click_options` adds."""
+    """The per-stage flags `pipelines.options.click_options` adds."""
     import click
 
-    from fgid_builder.stage_resources import click_options
+    from pipelines.options import click_options
 
     return {p.name for p in click_options(click.command()(lambda **kw: None)).params}
 

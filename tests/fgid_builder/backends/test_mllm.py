@@ -115,7 +115,9 @@ def test_vllm_without_the_extra_names_it(mllm_dir: Path) -> None:
     with pytest.raises(MissingExtraError, match=r"fgid\[vllm\]"):
         cap.load()
     with pytest.raises(MissingExtraError, match=r"fgid\[vllm\]"):
-        cap.ray_processor()
+        from pipelines.vllm_processor import ray_processor
+
+        ray_processor(cap)
     info = cap.model_info()  # provenance needs no engine
     assert info.prompt["sampling"]["temperature"] == 0.0
     clone = pickle.loads(pickle.dumps(cap))

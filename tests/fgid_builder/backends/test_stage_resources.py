@@ -9,12 +9,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from fgid_builder.stage_resources import (
-    StageResource,
-    StageResources,
-    click_options,
-    resources_from_click_kwargs,
-)
+from fgid_builder.stage_resources import StageResource, StageResources
+from pipelines.options import click_options, resources_from_click_kwargs
 
 
 def test_yaml_then_flags(tmp_path: Path) -> None:
@@ -48,15 +44,6 @@ def test_validation(tmp_path: Path) -> None:
         StageResource(num_gpus=1.5)
     with pytest.raises(ValueError):
         StageResource(batch_size=0)
-
-
-def test_map_batches_kwargs() -> None:
-    pytest.importorskip("ray")
-    r = StageResources.from_dict({"caption": {"batch_size": 8, "concurrency": 2, "num_gpus": 1}})
-    kw = r.map_batches_kwargs("caption", default_batch_size=4)
-    assert kw["batch_size"] == 8 and kw["num_gpus"] == 1 and kw["num_cpus"] == 1
-    plain = r.map_batches_kwargs("parse", default_batch_size=4)
-    assert plain["batch_size"] == 4 and "num_gpus" not in plain
 
 
 def test_click_flags() -> None:
