@@ -71,7 +71,7 @@ _WRITE_OPTIONS: dict[str, Any] = {
     "write_statistics": True,
     "data_page_version": "1.0",
     "version": "2.6",
-    "row_group_size": 1 << 16,
+    "row_group_size": 1 << 14,  # also what the streaming merge holds of its output at once
 }
 
 
@@ -271,7 +271,7 @@ def _merged_batches(
         table = pa.Table.from_batches([b for _, b in ordered], schema=INDEX_SCHEMA)
         take = [offsets[batches[id(b)][0]] + j for b, j in pending]
         pending.clear()
-        return table.take(take).combine_chunks()
+        return table.take(take)
 
     streams = [stream(i) for i in range(len(sources))]
     for _, _, batch, j in heapq.merge(*streams, key=lambda t: (t[0], t[1])):
