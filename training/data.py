@@ -42,7 +42,7 @@ CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 REQUIRED_MEMBERS = ("jpg", "mask.png", "id.npy", "json")
 
 
-# Object stores pyarrow.fs opens; any other scheme (pipe:, http:, ...) is refused.
+# Object stores fgid_builder.dataset opens; any other scheme (pipe:, http:, ...) is refused.
 OBJECT_STORE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss")
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 # |L2 norm - 1| above this: the identity embedding is not what the builder writes.
@@ -103,6 +103,10 @@ def expand_shards(spec: str | list[str]) -> list[str]:
                 local = _local_path(url)
                 if local is not None and any(c in local for c in "*?["):
                     urls.extend(sorted(glob.glob(local)))
+                elif local is None and any(c in url for c in "*?["):  # s3://b/out/shards/*.tar
+                    from fgid_builder.dataset import glob_urls
+
+                    urls.extend(glob_urls(url))
                 else:
                     urls.append(url)
     if not urls:
@@ -121,10 +125,9 @@ def _open_raw(url: str) -> IO[bytes]:
     local = _local_path(url)
     if local is not None:
         return open(local, "rb")
-    import pyarrow.fs as pafs
+    from fgid_builder.dataset import open_url  # the dataset layer's filesystems (fsspec)
 
-    fs, path = pafs.FileSystem.from_uri(url)
-    return fs.open_input_stream(path)
+    return open_url(url, "rb")
 
 
 def read_commit_record(url: str) -> dict[str, Any]:
