@@ -15,18 +15,19 @@ import click
 
 
 def iter_dataset(out: str | Path) -> Iterator[dict[str, Any]]:
-    """Every sample of every committed shard of OUT (`OUT/shards/*.tar`), in name order."""
-    from fgid_builder.shards import iter_shard, shard_paths
+    """Every sample of every committed shard of OUT (a folder or any filesystem URL), in
+    shard name order."""
+    from fgid_builder.dataset import SETTINGS, Dataset
 
-    shard_dir = Path(out) / "shards"
-    if not shard_dir.is_dir():
-        raise click.UsageError(f"{out} is not an fgid dataset: {shard_dir} is missing")
-    for path in shard_paths(shard_dir):
-        yield from iter_shard(path)
+    dataset = Dataset(out)
+    if not dataset.shard_names() and not dataset.is_file(SETTINGS):
+        raise click.UsageError(f"{out} is not an fgid dataset: no shards and no {SETTINGS}")
+    for _, members in dataset.iter_samples():
+        yield members
 
 
 @click.command("export", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out")
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--source-root",
@@ -41,7 +42,7 @@ def iter_dataset(out: str | Path) -> Iterator[dict[str, Any]]:
     show_default=True,
     help="Also write the upright source photos to origin_IMG/ (when they can be found).",
 )
-def export_command(out: Path, dest: Path, source_root: Path | None, originals: bool) -> None:
+def export_command(out: str, dest: Path, source_root: Path | None, originals: bool) -> None:
     """Write dataset OUT to DEST in the layout the official ConsistentID train.py reads.
 
     Afterwards pass the printed flags to the official train.py.
