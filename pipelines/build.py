@@ -1354,12 +1354,13 @@ def run_build_watched(cfg: BuildConfig) -> BuildSummary:
     process Ray ends from C++ (a killed raylet makes the driver `_exit(1)`, with no Python
     exception and no message) still ends with one line and exit 3. Refusals come back as
     `BuildError` (exit 2), failures as `RunFailed`. The child dies with this process (a
-    `kill -9` of `fgid build` stops the run). In process when Ray is already initialised here
-    (a caller's session) or off Linux."""
+    `kill -9` of `fgid build` stops the run). In process off Linux and when Ray was already
+    imported here (a caller's session, or an earlier run in this process): a fork of a process
+    that has run Ray's core worker (its gRPC and event-loop threads) can crash the child
+    (seen: signal 11 in a test process after `fgid stage` ran Ray in it)."""
     import multiprocessing
 
-    ray = sys.modules.get("ray")
-    if not sys.platform.startswith("linux") or (ray is not None and ray.is_initialized()):
+    if not sys.platform.startswith("linux") or "ray" in sys.modules:
         return run_build(cfg)
     ctx = multiprocessing.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
