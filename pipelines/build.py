@@ -169,6 +169,13 @@ class BuildConfig:
             raise BuildError("--demo takes only OUT (its inputs are the package-shipped photos)")
         if not self.demo and not self.input:
             raise BuildError("INPUT is required (or pass --demo)")
+        if "://" in str(self.out):
+            # fgid_builder.dataset reads and writes such URLs, but this build still writes OUT
+            # through local files: refused, rather than a local folder named "s3:".
+            raise BuildError(
+                f"OUT must be a local folder for fgid build (got {self.out}); "
+                "object-store OUT is not supported yet"
+            )
         if self.workers < 0:
             raise BuildError("--workers must be >= 0")
         if self.shard_size < 1:

@@ -504,3 +504,14 @@ def test_detect_stage_prefers_the_row_bytes(tmp_path):
     assert [r["sample"].key for r in from_file] == [r["sample"].key for r in from_bytes]
     bad = stage.process([dict(row, data=data + b"x")])
     assert bad[0]["status"] == "rejected" and "do not match their hash" in bad[0]["index_row"]
+
+
+def test_an_object_store_out_is_refused_not_a_local_folder(tmp_path: Path, monkeypatch) -> None:
+    """`fgid build` writes OUT through local files: an `s3://` OUT is exit 2 with one line,
+    before anything is written (it used to make a local folder named `s3:`)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    res = CliRunner().invoke(build_command, [str(tmp_path / "photos"), "s3://bucket/out"])
+    assert res.exit_code == 2, res.output
+    assert "OUT must be a local folder" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
