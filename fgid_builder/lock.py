@@ -34,6 +34,9 @@ from pathlib import Path
 from typing import Any
 
 LOCK_NAME = ".fgid.lock"
+# How long a lock held by a live process of this host is watched before a run is refused: a
+# run killed a moment ago is still being torn down by the kernel.
+STALE_GRACE_S = 3.0
 
 
 class LockHeld(Exception):
@@ -64,6 +67,16 @@ def _start_time(pid: int) -> int | None:
         return None
 
 
+def _state(pid: int) -> str | None:
+    """The state letter of process `pid` (Linux /proc: R, S, D, Z...), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return fields[0] if fields else None
+
+
 def _alive(pid: int, start: int | None) -> bool:
     try:
         os.kill(pid, 0)
@@ -71,6 +84,8 @@ def _alive(pid: int, start: int | None) -> bool:
         return False
     except PermissionError:
         pass  # it exists, owned by someone else
+    if _state(pid) in ("Z", "X"):
+        return False  # exited, not yet reaped (a killed run whose parent is gone too)
     if start is not None:
         now = _start_time(pid)
         if now is not None and now != start:
@@ -140,7 +155,7 @@ def acquire(out: str | os.PathLike, command: str = "", *, is_file: bool = False)
                 return path
             except FileExistsError:
                 pass
-            holder = _read(path)
+            holder = _settled_holder(path)
             if holder is None:
                 continue  # released in between: try again
             if not _is_stale(holder):
@@ -149,6 +164,23 @@ def acquire(out: str | os.PathLike, command: str = "", *, is_file: bool = False)
         raise LockHeld(f"{out}: could not take the lock {path} (contended)")
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _settled_holder(path: Path) -> dict[str, Any] | None:
+    """The lock's holder, given a moment to go when it is a process of this host: a run just
+    ended with kill -9 still holds its pid while the kernel tears it down (seen: a rerun right
+    after `kill -9` of the build's process group found its watched child still there)."""
+    deadline = time.monotonic() + STALE_GRACE_S
+    while True:
+        holder = _read(path)
+        if (
+            holder is None
+            or holder.get("host") != socket.gethostname()
+            or _is_stale(holder)
+            or time.monotonic() >= deadline
+        ):
+            return holder
+        time.sleep(0.1)
 
 
 def _held_message(out: str | os.PathLike, path: Any, holder: dict[str, Any]) -> str:

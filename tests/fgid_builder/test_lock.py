@@ -212,3 +212,31 @@ def test_an_object_store_out_is_locked_with_a_conditional_put(s3_out):
     fs.pipe_file(f"locks/out/{LOCK_NAME}", json.dumps(dict(stale, host="elsewhere")).encode())
     with pytest.raises(LockHeld, match="on elsewhere"):
         acquire(url)
+
+
+def test_a_lock_of_an_exited_but_unreaped_process_is_stale(tmp_path) -> None:
+    """A run killed with kill -9 whose parent is gone too stays a zombie until something reaps
+    it: its pid still answers kill(pid, 0), yet it holds nothing (the issue's kill -9 rerun)."""
+    import time
+
+    from fgid_builder import lock as lock_mod
+
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 10
+        while lock_mod._state(pid) != "Z" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert lock_mod._state(pid) == "Z"
+        os.kill(pid, 0)  # the pid still exists
+        holder = {"host": socket.gethostname(), "pid": pid, "start_time": None}
+        assert lock_mod._is_stale(holder)
+        out = tmp_path / "out"
+        out.mkdir()
+        (out / lock_mod.LOCK_NAME).write_text(json.dumps(holder))
+        path = lock_mod.acquire(out, "test")
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+        lock_mod.release(path)
+    finally:
+        os.waitpid(pid, 0)
