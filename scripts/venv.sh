@@ -60,7 +60,12 @@ except m.PackageNotFoundError:
   done
   echo "installing fgid${extras:+[$extras]} into $venv (pip install -e; the first time takes minutes)" >&2
   rm -f "$venv"/.fgid-installed-*
-  "$py" -m pip install -q -e ".${extras:+[$extras]}" || fgid_die "pip install failed (see above)"
+  # pip's own output goes to a log in the environment (its per-index warnings would flood a CI
+  # log); on failure its last lines are shown.
+  if ! "$py" -m pip install -q -e ".${extras:+[$extras]}" >"$venv/pip-install.log" 2>&1; then
+    grep -v "^WARNING: Location" "$venv/pip-install.log" | tail -n 20 >&2
+    fgid_die "pip install failed (the whole log: $venv/pip-install.log)"
+  fi
   echo "${wanted#-}" >"$venv/.fgid-installed-${extras:-base}"
   FGID_PYTHON="$py"
   export PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv"
