@@ -7,9 +7,9 @@
 #   - FGID_VENV=DIR: that folder, created if missing, even when another one is active.
 # FGID_PYTHON_BASE names the Python that creates it (default python3, >= 3.10).
 # pip runs only inside a virtual environment (never into the system Python, PEP 668), and only
-# when the stamp in the environment (a hash of pyproject.toml, this checkout's path and the
-# Python version, per install) says this pyproject.toml is not installed there yet: a rerun with
-# nothing changed starts at once.
+# when the stamp in the environment (a hash of pyproject.toml and scripts/constraints.txt, this
+# checkout's path and the Python version, per install) says they are not installed there yet: a
+# rerun with nothing changed starts at once.
 
 fgid_die() {
   echo "$(basename "$0"): $*" >&2
@@ -42,7 +42,7 @@ print(sys.prefix if sys.prefix != sys.base_prefix else "")')" \
   wanted="$("$py" -c 'import hashlib, importlib.metadata as m, sys
 from pathlib import Path
 p = Path(sys.argv[1])
-h = hashlib.sha256(p.read_bytes())
+h = hashlib.sha256(p.read_bytes() + (p.parent / "scripts" / "constraints.txt").read_bytes())
 h.update(f"\n{p.parent}\n{sys.version}".encode())
 try:
     m.distribution("fgid")
@@ -62,7 +62,13 @@ except m.PackageNotFoundError:
   rm -f "$venv"/.fgid-installed-*
   # pip's own output goes to a log in the environment (its per-index warnings would flood a CI
   # log); on failure its last lines are shown.
-  if ! "$py" -m pip install -q -e ".${extras:+[$extras]}" >"$venv/pip-install.log" 2>&1; then
+  # scripts/constraints.txt fixes every version to one known-good resolution (an unconstrained
+  # resolve of .[dev] backtracks through boto3/botocore releases for many minutes);
+  # FGID_NO_CONSTRAINTS=1 resolves afresh. To regenerate it: FGID_NO_CONSTRAINTS=1 in a new
+  # environment, then `pip freeze --exclude-editable` (header kept).
+  local pins=(-c scripts/constraints.txt)
+  [ -n "${FGID_NO_CONSTRAINTS:-}" ] && pins=()
+  if ! "$py" -m pip install -q "${pins[@]}" -e ".${extras:+[$extras]}" >"$venv/pip-install.log" 2>&1; then
     grep -v "^WARNING: Location" "$venv/pip-install.log" | tail -n 20 >&2
     fgid_die "pip install failed (the whole log: $venv/pip-install.log)"
   fi
