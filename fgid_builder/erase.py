@@ -21,6 +21,12 @@ any sample at or above the threshold), `--sha256` (every face of those source ph
    `OUT/erasures/{erase_id}.json` (what was removed and why, each rewritten shard's tar
    SHA-256 before and after); then the journal is removed.
 
+OUT is a local folder or any fsspec URL (`s3://bucket/out`): every read and write goes through
+`fgid_builder.dataset.Dataset`, whose writes are atomic on both (local: temporary name, fsync,
+rename; object stores: one PUT of the final bytes, so an erase leaves no temporary object). The
+steps above need nothing more: a shard's tar and part are rewritten before its record, so a
+killed erase leaves that shard uncommitted until the rerun redoes it, byte for byte.
+
 Fault injection for tests: with `FGID_ERASE_KILL_AFTER=N` the process SIGKILLs itself after
 its N-th file write or removal (a real `kill -9` at an exact point).
 """
@@ -38,16 +44,21 @@ from typing import Any
 
 import numpy as np
 
+from fgid_builder.dataset import (
+    INDEX,
+    PARTS,
+    PLAN,
+    SHARDS,
+    Dataset,
+    shard_part,
+    shard_record,
+    shard_tar,
+)
 from fgid_builder.optout import KEY_LISTED, SHA_LISTED
 from fgid_builder.schema import Reason
 
 JOURNAL = "erase.pending.json"
 RECEIPTS = "erasures"
-SHARDS = "shards"
-PARTS = "index_parts"
-INDEX = "index.parquet"
-PLAN = "plan.parquet"
-SETTINGS = "build.json"
 
 
 class EraseError(Exception):
@@ -79,9 +90,11 @@ class EraseRequest:
 
 
 class _Writer:
-    """Every file change of an erase goes through here: atomic, counted (fault injection)."""
+    """Every change of an erase goes through here: atomic (Dataset.write_bytes), counted (fault
+    injection), and skipped when the file already holds those bytes (a resumed erase)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
         self.count = 0
         kill = os.environ.get("FGID_ERASE_KILL_AFTER")
         self.kill_after = int(kill) if kill else None
@@ -91,18 +104,15 @@ class _Writer:
         if self.kill_after is not None and self.count >= self.kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def write(self, path: Path, data: bytes) -> None:
-        from fgid_builder.shards import atomic_write_bytes
-
-        if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+    def write(self, rel: str, data: bytes) -> None:
+        if self.ds.size(rel) == len(data) and self.ds.read_bytes(rel) == data:
             return  # already there (a resumed erase): no write, nothing changes
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, data)
+        self.ds.write_bytes(rel, data)
         self._tick()
 
-    def remove(self, path: Path) -> None:
-        if path.exists():
-            path.unlink()
+    def remove(self, rel: str) -> None:
+        if self.ds.exists(rel):
+            self.ds.remove(rel)
             self._tick()
 
 
@@ -113,12 +123,12 @@ def _canon(obj: Any) -> bytes:
 # --------------------------------------------------------------------------- targets
 
 
-def _identities(out: Path, emb: Any, threshold: float) -> dict[str, str]:
+def _identities(ds: Dataset, emb: Any, threshold: float) -> dict[str, str]:
     """key -> identity: OUT/identities.parquet when it covers every sample, else assigned now."""
     from fgid_builder.identities import IDENTITIES, AssignConfig, assign_identities, read_identities
 
-    if (out / IDENTITIES).is_file():
-        t = read_identities(out)
+    if ds.is_file(IDENTITIES):
+        t = read_identities(ds.url)
         ident = dict(
             zip(t.column("key").to_pylist(), t.column("identity").to_pylist(), strict=True)
         )
@@ -128,13 +138,13 @@ def _identities(out: Path, emb: Any, threshold: float) -> dict[str, str]:
     return dict(zip(a.keys, a.identity, strict=True))
 
 
-def _threshold(out: Path, request: EraseRequest, embedder: str) -> float:
+def _threshold(ds: Dataset, request: EraseRequest, embedder: str) -> float:
     from fgid_builder.identities import IDENTITIES_JSON, recorded_threshold
 
     if request.threshold is not None:
         return float(request.threshold)
-    if (out / IDENTITIES_JSON).is_file():
-        t = json.loads((out / IDENTITIES_JSON).read_text()).get("threshold")
+    if ds.is_file(IDENTITIES_JSON):
+        t = json.loads(ds.read_bytes(IDENTITIES_JSON)).get("threshold")
         if t is not None:
             return float(t)
     t = recorded_threshold(embedder)
@@ -146,11 +156,10 @@ def _threshold(out: Path, request: EraseRequest, embedder: str) -> float:
 def find_targets(out: str | os.PathLike, request: EraseRequest) -> tuple[dict[str, str], dict]:
     """(key -> why it is removed, the request as the receipt records it: hashes, no paths)."""
     from fgid_builder.identities import read_embeddings
-    from fgid_builder.index import read_index
     from fgid_builder.reference import ReferenceError, embed_reference
 
-    out = Path(out)
-    index = [r for r in read_index(out / INDEX).to_pylist() if r["status"] == "ok"]
+    ds = Dataset(out)
+    index = [r for r in ds.read_index().to_pylist() if r["status"] == "ok"]
     record: dict[str, Any] = {
         "like": [],
         "sha256": sorted(s.lower() for s in request.sha256),
@@ -162,22 +171,22 @@ def find_targets(out: str | os.PathLike, request: EraseRequest) -> tuple[dict[st
         for k in keys:
             why[k].append(f"sha256 {sha}")
     if request.like or request.identity:
-        emb = read_embeddings(out)
-        threshold = _threshold(out, request, emb.embedder)
-        ident = _identities(out, emb, threshold)
+        emb = read_embeddings(ds.url)
+        threshold = _threshold(ds, request, emb.embedder)
+        ident = _identities(ds, emb, threshold)
         members: dict[str, list[str]] = defaultdict(list)
         for k, i in ident.items():
             members[i].append(k)
         for i in record["identity"]:
             if i not in members:
-                raise EraseError(f"no identity {i} in {out} (see identities.parquet)")
+                raise EraseError(f"no identity {i} in {ds.url} (see identities.parquet)")
             for k in members[i]:
                 why[k].append(f"identity {i}")
         if request.like:
             record["threshold"] = threshold
         for photo in request.like:
             try:
-                sha, faces = embed_reference(photo, out, request.models_dir)
+                sha, faces = embed_reference(photo, ds.url, request.models_dir)
             except ReferenceError as e:
                 raise EraseError(str(e)) from None
             entry: dict[str, Any] = {"sha256": sha, "faces": len(faces)}
@@ -223,11 +232,10 @@ def request_fingerprint(request: EraseRequest) -> dict[str, Any]:
 # --------------------------------------------------------------------------- apply
 
 
-def _journal(out: Path, removed: dict[str, str], record: dict, fingerprint: dict) -> dict[str, Any]:
-    from fgid_builder.index import read_index
-    from fgid_builder.shards import read_stats
-
-    rows = read_index(out / INDEX).to_pylist()
+def _journal(
+    ds: Dataset, removed: dict[str, str], record: dict, fingerprint: dict
+) -> dict[str, Any]:
+    rows = ds.read_index().to_pylist()
     ok_by_source: dict[str, set[str]] = defaultdict(set)
     by_key = {}
     for r in rows:
@@ -237,7 +245,7 @@ def _journal(out: Path, removed: dict[str, str], record: dict, fingerprint: dict
     missing = sorted(set(removed) - set(by_key))
     if missing:
         raise EraseError(
-            f"{len(missing)} keys to remove are not samples of {out} (e.g. {missing[0]})"
+            f"{len(missing)} keys to remove are not samples of {ds.url} (e.g. {missing[0]})"
         )
     whole = sorted(
         s for s in {by_key[k]["source_sha256"] for k in removed} if ok_by_source[s] <= set(removed)
@@ -246,7 +254,7 @@ def _journal(out: Path, removed: dict[str, str], record: dict, fingerprint: dict
     for k in removed:
         name = by_key[k]["shard"]
         if name not in shards:
-            st = read_stats(out / SHARDS / f"{name}.json")
+            st = _record(ds, name)
             shards[name] = {
                 "tar_sha256_before": st["tar"]["sha256"],
                 "samples_before": st["samples"],
@@ -288,9 +296,14 @@ def _opted_out_row(row: dict[str, Any], erase_id: str) -> dict[str, Any]:
     )
 
 
-def _rewrite_shard(out: Path, name: str, journal: dict, w: _Writer) -> dict[str, Any]:
-    from fgid_builder.index import read_index, rows_table, table_bytes
-    from fgid_builder.shards import iter_shard, read_stats, stats_bytes, tar_bytes
+def _record(ds: Dataset, name: str) -> dict[str, Any]:
+    """A shard's stats JSON, whether or not its objects match it now (a resumed erase)."""
+    return json.loads(ds.read_bytes(shard_record(name)))
+
+
+def _rewrite_shard(ds: Dataset, name: str, journal: dict, w: _Writer) -> dict[str, Any]:
+    from fgid_builder.index import rows_table, table_bytes
+    from fgid_builder.shards import stats_bytes, tar_bytes
 
     removed = {r["key"] for r in journal["removed"]}
     whole = set(journal["whole_photos"])
@@ -302,8 +315,7 @@ def _rewrite_shard(out: Path, name: str, journal: dict, w: _Writer) -> dict[str,
             if r["shard"] == name and r["source_sha256"] in whole
         }
     )
-    stats_path, tar_path = out / SHARDS / f"{name}.json", out / SHARDS / f"{name}.tar"
-    part_path = out / PARTS / f"{name}.parquet"
+    stats_path, tar_path, part_path = shard_record(name), shard_tar(name), shard_part(name)
     result = {
         "shard": name,
         "tar_sha256_before": info["tar_sha256_before"],
@@ -313,11 +325,11 @@ def _rewrite_shard(out: Path, name: str, journal: dict, w: _Writer) -> dict[str,
         for p in (stats_path, tar_path, part_path):  # uncommit first
             w.remove(p)
         return {**result, "tar_sha256_after": None, "samples_after": 0, "removed_shard": True}
-    kept = [s for s in iter_shard(tar_path) if s["__key__"] not in removed]
+    kept = [s for s in ds.iter_shard(name) if s["__key__"] not in removed]
     data, keys = tar_bytes(kept)
     w.write(tar_path, data)
     rows = []
-    for r in read_index(part_path).to_pylist():
+    for r in ds.read_part(name).to_pylist():
         if r["source_sha256"] in whole:
             continue
         rows.append(
@@ -327,21 +339,20 @@ def _rewrite_shard(out: Path, name: str, journal: dict, w: _Writer) -> dict[str,
         )
     part = table_bytes(rows_table(rows))
     w.write(part_path, part)
-    stats = read_stats(stats_path)
+    stats = _record(ds, name)
     rejects = Counter(r["reason"] for r in rows if r["status"] != "ok")
     tar_sha = hashlib.sha256(data).hexdigest()
+    part_record = {"name": part_path, "rows": len(rows), "sha256": hashlib.sha256(part).hexdigest()}
+    if "bytes" in (stats.get("index_part") or {}):  # the build's record has it: so does ours
+        part_record["bytes"] = len(part)
     stats.update(
         images=images,
         samples=len(keys),
         keys=keys,
         rejects=int(sum(rejects.values())),
         rejects_by_reason=dict(sorted(rejects.items())),
-        tar={"name": tar_path.name, "bytes": len(data), "sha256": tar_sha},
-        index_part={
-            "name": f"{PARTS}/{name}.parquet",
-            "rows": len(rows),
-            "sha256": hashlib.sha256(part).hexdigest(),
-        },
+        tar={"name": f"{name}.tar", "bytes": len(data), "sha256": tar_sha},
+        index_part=part_record,
     )
     w.write(stats_path, stats_bytes(stats))
     return {
@@ -352,10 +363,12 @@ def _rewrite_shard(out: Path, name: str, journal: dict, w: _Writer) -> dict[str,
     }
 
 
-def _update_plan_and_index(out: Path, journal: dict, w: _Writer) -> None:
+def _update_plan_and_index(ds: Dataset, journal: dict, w: _Writer) -> None:
+    import io
+
     import pyarrow as pa
 
-    from fgid_builder.index import read_index, rows_table, table_bytes
+    from fgid_builder.index import rows_table, table_bytes
     from pipelines.plan import (
         PLANNED,
         REJECTED,
@@ -366,7 +379,7 @@ def _update_plan_and_index(out: Path, journal: dict, w: _Writer) -> None:
     )
 
     whole = set(journal["whole_photos"])
-    plan = read_plan(out / PLAN)
+    plan = read_plan(io.BytesIO(ds.read_bytes(PLAN)))
     rows = plan.to_pylist()
     for r in rows:
         if r["status"] == PLANNED and r["source_sha256"] in whole:
@@ -377,11 +390,11 @@ def _update_plan_and_index(out: Path, journal: dict, w: _Writer) -> None:
                 detail=SHA_LISTED,
             )
     plan = pa.Table.from_pylist(rows, schema=plan.schema)
-    w.write(out / PLAN, plan_bytes(plan))
-    tables = [read_index(out / PARTS / f"{s}.parquet") for s in shard_sizes(plan)]
+    w.write(PLAN, plan_bytes(plan))
+    tables = [ds.read_part(s) for s in shard_sizes(plan)]
     tables.append(rows_table(plan_reject_rows(plan)))
     w.write(
-        out / INDEX,
+        INDEX,
         table_bytes(rows_table([]) if not tables else _sorted(pa.concat_tables(tables))),
     )
 
@@ -392,7 +405,7 @@ def _sorted(table):
     return sort_table(table)
 
 
-def _update_identity_files(out: Path, removed: set[str], w: _Writer) -> None:
+def _update_identity_files(ds: Dataset, removed: set[str], w: _Writer) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -405,8 +418,8 @@ def _update_identity_files(out: Path, removed: set[str], w: _Writer) -> None:
     )
     from fgid_builder.splits import SPLITS, read_splits
 
-    if (out / IDENTITIES).is_file():
-        t = read_identities(out)
+    if ds.is_file(IDENTITIES):
+        t = read_identities(ds.url)
         rows = [r for r in t.to_pylist() if r["key"] not in removed]
         sizes = Counter(r["identity"] for r in rows)
         for r in rows:
@@ -416,65 +429,71 @@ def _update_identity_files(out: Path, removed: set[str], w: _Writer) -> None:
             if r["nearest_other"] in removed:
                 r["nearest_other"] = r["nearest_other_cosine"] = None
         t = pa.Table.from_pylist(rows, schema=t.schema)
-        w.write(out / IDENTITIES, _parquet_bytes(t))
-        if (out / IDENTITIES_JSON).is_file():
-            rec = json.loads((out / IDENTITIES_JSON).read_text())
+        w.write(IDENTITIES, _parquet_bytes(t))
+        if ds.is_file(IDENTITIES_JSON):
+            rec = json.loads(ds.read_bytes(IDENTITIES_JSON))
             rec.update(identity_summary(t))
-            w.write(out / IDENTITIES_JSON, _canon(rec))
-    if (out / SPLITS).is_file():
-        s = read_splits(out)
+            w.write(IDENTITIES_JSON, _canon(rec))
+    if ds.is_file(SPLITS):
+        s = read_splits(ds.url)
         keep = pc.invert(pc.is_in(s.column("key"), pa.array(sorted(removed), pa.string())))
-        w.write(out / SPLITS, _parquet_bytes(s.filter(keep)))
+        w.write(SPLITS, _parquet_bytes(s.filter(keep)))
 
 
 def pending(out: str | os.PathLike) -> dict | None:
-    """The journal of an unfinished erase in OUT, or None."""
-    path = Path(out) / JOURNAL
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The journal of an unfinished erase in OUT (a folder or URL), or None."""
+    ds = Dataset(out)
+    return json.loads(ds.read_bytes(JOURNAL)) if ds.is_file(JOURNAL) else None
 
 
 def erase(out: str | os.PathLike, request: EraseRequest) -> dict:
     """Find the targets and erase them; or, when OUT holds the journal of this same request
-    (a killed erase), finish that one. Returns the receipt. Holds OUT's lock (the build's,
-    fgid_builder.lock) throughout: no build or other erase runs on OUT meanwhile."""
+    (a killed erase), finish that one. Returns the receipt. OUT: a local folder or any fsspec
+    URL. Holds OUT's lock (the build's, fgid_builder.lock) throughout: no build or other erase
+    runs on OUT meanwhile."""
     from fgid_builder.lock import LockHeld, locked
 
+    ds = Dataset(out)
+    if not ds.is_file(INDEX):
+        raise EraseError(f"no index at {ds.url_of(INDEX)}: is {ds.url} an fgid dataset?")
     try:
         with locked(out, "fgid erase"):
-            return _erase(out, request)
+            return _erase(ds, request)
     except LockHeld as e:
         raise EraseError(str(e)) from None
 
 
-def _erase(out: str | os.PathLike, request: EraseRequest) -> dict:
+def _erase(ds: Dataset, request: EraseRequest) -> dict:
     fingerprint = request_fingerprint(request)
-    journal = pending(out)
+    journal = pending(ds.url)
     if journal is not None:
         if journal["fingerprint"] != fingerprint:
             raise EraseError(
-                f"{Path(out) / JOURNAL}: another erase is unfinished; rerun that "
+                f"{ds.url_of(JOURNAL)}: another erase is unfinished; rerun that "
                 f"command first (erase {journal['erase_id']})"
             )
-        return apply_erase(out, None, None, fingerprint)
+        return apply_erase(ds.url, None, None, fingerprint)
     try:
-        removed, record = find_targets(out, request)
+        removed, record = find_targets(ds.url, request)
     except EraseError:
-        done = _receipt_of(out, fingerprint)
+        done = _receipt_of(ds, fingerprint)
         if done is None:
             raise
         return done  # the same command again after it finished: nothing left to do
     if not removed:
-        done = _receipt_of(out, fingerprint)
+        done = _receipt_of(ds, fingerprint)
         if done is not None:
             return done
-    return apply_erase(out, removed, record, fingerprint)
+    return apply_erase(ds.url, removed, record, fingerprint)
 
 
-def _receipt_of(out: str | os.PathLike, fingerprint: dict) -> dict | None:
+def _receipt_of(ds: Dataset, fingerprint: dict) -> dict | None:
     """The receipt of a finished erase of this same request, if any."""
-    for path in sorted((Path(out) / RECEIPTS).glob("*.json")):
+    for name in ds.listdir(RECEIPTS):
+        if not name.endswith(".json"):
+            continue
         try:
-            receipt = json.loads(path.read_text())
+            receipt = json.loads(ds.read_bytes(RECEIPTS, name))
         except (OSError, ValueError):
             continue
         if receipt.get("fingerprint") == fingerprint:
@@ -482,39 +501,41 @@ def _receipt_of(out: str | os.PathLike, fingerprint: dict) -> dict | None:
     return None
 
 
+def receipt_url(out: str | os.PathLike, receipt: dict) -> str:
+    """Where the receipt of this erase lies (a local path or URL)."""
+    return Dataset(out).url_of(RECEIPTS, f"{receipt['erase_id']}.json")
+
+
 def apply_erase(
     out: str | os.PathLike, removed: dict[str, str] | None, record: dict | None, fingerprint: dict
 ) -> dict:
     """Erase (or finish erasing, `removed` None) and return the receipt."""
     from fgid_builder.optout import OPTOUT, dataset_optout, optout_bytes
-    from fgid_builder.shards import clean_temp_files
 
-    out = Path(out)
-    w = _Writer()
-    for d in (out, out / SHARDS, out / PARTS, out / RECEIPTS):
-        clean_temp_files(d)
-    jpath = out / JOURNAL
-    if jpath.is_file():
-        journal = json.loads(jpath.read_text())
+    ds = Dataset(out)
+    w = _Writer(ds)
+    ds.clean_temp_files("", SHARDS, PARTS, RECEIPTS)  # what a killed local erase left
+    if ds.is_file(JOURNAL):
+        journal = json.loads(ds.read_bytes(JOURNAL))
         if journal["fingerprint"] != fingerprint:
-            raise EraseError(f"{jpath}: another erase is unfinished (erase {journal['erase_id']})")
+            raise EraseError(
+                f"{ds.url_of(JOURNAL)}: another erase is unfinished (erase {journal['erase_id']})"
+            )
     else:
         if not removed:
             raise NothingToErase(record)
-        journal = _journal(out, removed, record, fingerprint)
-        w.write(jpath, _canon(journal))
-    shards = [_rewrite_shard(out, name, journal, w) for name in journal["shards"]]
-    _update_plan_and_index(out, journal, w)
+        journal = _journal(ds, removed, record, fingerprint)
+        w.write(JOURNAL, _canon(journal))
+    shards = [_rewrite_shard(ds, name, journal, w) for name in journal["shards"]]
+    _update_plan_and_index(ds, journal, w)
     removed_keys = {r["key"] for r in journal["removed"]}
-    _update_identity_files(out, removed_keys, w)
-    listed = dataset_optout(out)
+    _update_identity_files(ds, removed_keys, w)
+    listed = dataset_optout(ds.url)
     whole = set(journal["whole_photos"])
     listed.sha256 |= whole
     listed.keys |= {r["key"] for r in journal["removed"] if r["source_sha256"] not in whole}
     listed.photos = []
-    w.write(out / OPTOUT, optout_bytes(listed))
-    from fgid_builder.shards import file_sha256
-
+    w.write(OPTOUT, optout_bytes(listed))
     receipt = {
         "erase_id": journal["erase_id"],
         "request": journal["request"],
@@ -522,11 +543,9 @@ def apply_erase(
         "removed": journal["removed"],
         "whole_photos": journal["whole_photos"],
         "shards_rewritten": shards,
-        "shards_unchanged": sorted(
-            p.stem for p in (out / SHARDS).glob("*.json") if p.stem not in journal["shards"]
-        ),
-        "after": {n: file_sha256(out / n) for n in (INDEX, PLAN, OPTOUT)},
+        "shards_unchanged": [s for s in ds.shard_names() if s not in journal["shards"]],
+        "after": {n: ds.sha256(n) for n in (INDEX, PLAN, OPTOUT)},
     }
-    w.write(out / RECEIPTS / f"{journal['erase_id']}.json", _canon(receipt))
-    w.remove(jpath)
+    w.write(f"{RECEIPTS}/{journal['erase_id']}.json", _canon(receipt))
+    w.remove(JOURNAL)
     return receipt

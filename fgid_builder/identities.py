@@ -26,7 +26,6 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -307,26 +306,26 @@ class DatasetEmbeddings:
 
 
 def read_embeddings(out: str | os.PathLike) -> DatasetEmbeddings:
-    """Every committed sample's `id.npy`, source and embed model from OUT's shards, by key."""
+    """Every committed sample's `id.npy`, source and embed model from OUT's shards (a folder
+    or URL), by key."""
     from collections import Counter
 
+    from fgid_builder.dataset import Dataset
     from fgid_builder.schema import load_npy
-    from fgid_builder.shards import iter_shard, shard_paths
 
     keys: list[str] = []
     vecs: list[np.ndarray] = []
     sources: list[str | None] = []
     uris: list[str] = []
     names: Counter[str] = Counter()
-    for path in shard_paths(Path(out) / "shards"):
-        for s in iter_shard(path):
-            meta = json.loads(s["json"])
-            keys.append(s["__key__"])
-            vecs.append(load_npy(s["id.npy"]).astype(np.float32).reshape(-1))
-            src = meta.get("source") or {}
-            sources.append(src.get("sha256"))
-            uris.append(str(src.get("uri", "")))
-            names[((meta.get("models") or {}).get("embed") or {}).get("name", "")] += 1
+    for _, s in Dataset(out).iter_samples():
+        meta = json.loads(s["json"])
+        keys.append(s["__key__"])
+        vecs.append(load_npy(s["id.npy"]).astype(np.float32).reshape(-1))
+        src = meta.get("source") or {}
+        sources.append(src.get("sha256"))
+        uris.append(str(src.get("uri", "")))
+        names[((meta.get("models") or {}).get("embed") or {}).get("name", "")] += 1
     order = sorted(range(len(keys)), key=lambda i: keys[i])
     dim = vecs[0].shape[0] if vecs else 0
     return DatasetEmbeddings(
@@ -355,16 +354,16 @@ def write_identities(
     out: str | os.PathLike, assignment: Assignment, sources: Sequence[str | None], meta: dict
 ) -> dict[str, Any]:
     """`OUT/identities.parquet` + `OUT/identities.json` (settings, threshold and where it came
-    from, counts), both atomic and byte-deterministic."""
-    from fgid_builder.shards import atomic_write_bytes
+    from, counts), both atomic and byte-deterministic; OUT a folder or URL."""
+    from fgid_builder.dataset import Store
 
-    out = Path(out)
+    store = Store(out)
     table = assignment.table(sources)
-    atomic_write_bytes(out / IDENTITIES, _parquet_bytes(table))
+    store.write_bytes(IDENTITIES, _parquet_bytes(table))
     summary = identity_summary(table)
     record = {**meta, "settings": assignment.settings, **summary}
-    atomic_write_bytes(
-        out / IDENTITIES_JSON, json.dumps(record, indent=1, sort_keys=True).encode() + b"\n"
+    store.write_bytes(
+        IDENTITIES_JSON, json.dumps(record, indent=1, sort_keys=True).encode() + b"\n"
     )
     return record
 
@@ -387,4 +386,7 @@ def identity_summary(table: pa.Table, largest: int = 10) -> dict[str, Any]:
 
 
 def read_identities(out: str | os.PathLike) -> pa.Table:
-    return pq.read_table(Path(out) / IDENTITIES, schema=IDENTITY_SCHEMA)
+    """OUT/identities.parquet of a dataset folder or URL."""
+    from fgid_builder.dataset import Dataset
+
+    return Dataset(out).read_parquet(IDENTITIES, schema=IDENTITY_SCHEMA)

@@ -104,9 +104,16 @@ def read_lists(paths: Iterable[str | os.PathLike]) -> OptOutList:
 
 
 def dataset_optout(out: str | os.PathLike) -> OptOutList:
-    """The dataset's own list (`OUT/optout.txt`), empty when there is none."""
-    path = Path(out) / OPTOUT
-    return read_optout(path) if path.is_file() else OptOutList()
+    """The dataset's own list (`OUT/optout.txt`, OUT a folder or URL), empty when there is none."""
+    from fgid_builder.dataset import Store, is_local
+
+    if is_local(out):
+        path = Path(Store(out).path(OPTOUT))
+        return read_optout(path) if path.is_file() else OptOutList()
+    store = Store(out)
+    if not store.is_file(OPTOUT):
+        return OptOutList()
+    return parse_optout(store.read_bytes(OPTOUT).decode("utf-8"), name=store.url_of(OPTOUT))
 
 
 def optout_bytes(entries: OptOutList) -> bytes:

@@ -4,6 +4,7 @@ embedded with a dataset's own backends (its `build.json`), so they compare with 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +16,19 @@ class ReferenceError(ValueError):
     """The reference photo cannot be read or decoded (one line)."""
 
 
-def embed_reference(path: str, out: Path, models_dir: str | None) -> tuple[str, list[np.ndarray]]:
-    """(sha256 of the photo, embeddings of its faces, largest first) with OUT's backends."""
+def embed_reference(
+    path: str, out: str | os.PathLike, models_dir: str | None
+) -> tuple[str, list[np.ndarray]]:
+    """(sha256 of the photo, embeddings of its faces, largest first) with the backends of OUT
+    (a dataset folder or URL)."""
     from fgid_builder import registry
+    from fgid_builder.dataset import Store
     from fgid_builder.faces import FaceGates, faces_from_detections
     from fgid_builder.io import decode_image
     from fgid_builder.process import embed_samples
     from fgid_builder.schema import ImageRejected, sha256_bytes
 
-    settings = json.loads((out / SETTINGS).read_text())
+    settings = json.loads(Store(out).read_bytes(SETTINGS))
     backends, options = settings["backends"], settings.get("backend_options") or {}
     try:
         data = Path(path).read_bytes()

@@ -13,7 +13,6 @@ import hashlib
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -78,7 +77,7 @@ def splits_table(keys: Sequence[str], identities: Sequence[str], split_of: Mappi
 def write_splits(out: str | os.PathLike, table: pa.Table) -> None:
     import io
 
-    from fgid_builder.shards import atomic_write_bytes
+    from fgid_builder.dataset import Store
 
     sink = io.BytesIO()  # fixed writer options, no metadata: the same rows give the same bytes
     pq.write_table(
@@ -89,14 +88,18 @@ def write_splits(out: str | os.PathLike, table: pa.Table) -> None:
         data_page_version="1.0",
         version="2.6",
     )
-    atomic_write_bytes(Path(out) / SPLITS, sink.getvalue())
+    Store(out).write_bytes(SPLITS, sink.getvalue())
 
 
 def read_splits(path: str | os.PathLike) -> pa.Table:
-    path = Path(path)
-    if path.is_dir():
-        path = path / SPLITS
-    return pq.read_table(path, schema=SPLIT_SCHEMA)
+    """`splits.parquet` given its dataset folder or the file itself (local paths or URLs)."""
+    from fgid_builder.dataset import url_to_fs
+
+    fs, p = url_to_fs(path)
+    if fs.isdir(p):
+        p = f"{p.rstrip('/')}/{SPLITS}"
+    with fs.open(p, "rb") as f:
+        return pq.read_table(f, schema=SPLIT_SCHEMA)
 
 
 def keys_in_split(path: str | os.PathLike, split: str) -> set[str]:

@@ -19,6 +19,19 @@ def _fail(command: str, message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def _dataset_arg(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """OUT: a dataset folder or any fsspec URL (`s3://bucket/out`) that holds an index."""
+    from fgid_builder.dataset import INDEX, Store
+
+    try:
+        found = Store(value).is_file(INDEX)
+    except (ImportError, OSError, ValueError) as e:
+        raise click.BadParameter(f"cannot open {value}: {e}") from None
+    if not found:
+        raise click.BadParameter(f"{value} is not an fgid dataset (no {INDEX} in it)")
+    return value
+
+
 def read_pairs(path: str | Path) -> list[tuple[str, str, bool]]:
     """A labelled pairs CSV (`file_x,file_y,decision` with Yes/No, deepface's layout)."""
     with open(path, newline="") as f:
@@ -41,7 +54,7 @@ def face0_by_uri(emb: Any) -> dict[str, int]:
 
 
 def run_identities(
-    out: Path,
+    out: str | Path,
     *,
     threshold: float | None = None,
     calibrate: str | None = None,
@@ -106,7 +119,7 @@ def run_identities(
 
 
 @click.command("identities", context_settings=CTX)
-@click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("out", callback=_dataset_arg)
 @click.option(
     "--threshold",
     type=float,
@@ -132,11 +145,11 @@ def run_identities(
     help="Query threads (0 = all CPUs); the graph is built in one thread.",
 )
 def identities_command(
-    out: Path, threshold: float | None, calibrate: str | None, k: int, threads: int
+    out: str, threshold: float | None, calibrate: str | None, k: int, threads: int
 ) -> None:
-    """Give every sample of OUT an identity id: OUT/identities.parquet (key, identity, and what
-    decided it) + OUT/identities.json (threshold and where it came from, counts). The shards
-    do not change."""
+    """Give every sample of OUT (a folder or URL) an identity id: OUT/identities.parquet (key,
+    identity, and what decided it) + OUT/identities.json (threshold and where it came from,
+    counts). The shards do not change."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         rec = run_identities(out, threshold=threshold, calibrate=calibrate, k=k, threads=threads)
@@ -170,7 +183,7 @@ def _parse_fractions(value: str) -> dict[str, float]:
 
 
 @click.command("split", context_settings=CTX)
-@click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("out", callback=_dataset_arg)
 @click.option(
     "--fractions",
     default="train=0.8,val=0.1,test=0.1",
@@ -178,14 +191,17 @@ def _parse_fractions(value: str) -> dict[str, float]:
     help="Split names and their share of the samples.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-def split_command(out: Path, fractions: str, seed: int) -> None:
+def split_command(out: str, fractions: str, seed: int) -> None:
     """Identity-disjoint splits of OUT (needs `fgid identities OUT` first):
     OUT/splits.parquet (key, identity, split)."""
+    from fgid_builder.dataset import Store
     from fgid_builder.identities import IDENTITIES, read_identities
     from fgid_builder.splits import split_identities, splits_table, write_splits
 
-    if not (out / IDENTITIES).is_file():
-        _fail("split", f"{out / IDENTITIES} not found: run `fgid identities {out}` first")
+    if not Store(out).is_file(IDENTITIES):
+        _fail(
+            "split", f"{Store(out).url_of(IDENTITIES)} not found: run `fgid identities {out}` first"
+        )
     try:
         table = read_identities(out)
         keys = table.column("key").to_pylist()
@@ -209,7 +225,7 @@ def split_command(out: Path, fractions: str, seed: int) -> None:
 
 
 @click.command("erase", context_settings=CTX)
-@click.argument("out", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("out", callback=_dataset_arg)
 @click.option(
     "--like",
     "like",
@@ -244,18 +260,19 @@ def split_command(out: Path, fractions: str, seed: int) -> None:
     help="Weights of production backends (to embed --like photos).",
 )
 def erase_command(
-    out: Path,
+    out: str,
     like: tuple[str, ...],
     sha256: tuple[str, ...],
     identity: tuple[str, ...],
     threshold: float | None,
     models_dir: str | None,
 ) -> None:
-    """Remove people from OUT: rewrites only the shards that hold them (the same commit
-    protocol as the build; rerun the same command after a crash), updates the plan, index,
-    identities and splits, adds them to OUT/optout.txt and writes the receipt
-    OUT/erasures/ID.json. Exit 0 also when nothing matches (nothing is changed)."""
-    from fgid_builder.erase import EraseError, EraseRequest, NothingToErase, erase
+    """Remove people from OUT (a folder or any fsspec URL, e.g. s3://bucket/out): rewrites
+    only the shards that hold them (the same commit protocol as the build; rerun the same
+    command after a crash), updates the plan, index, identities and splits, adds them to
+    OUT/optout.txt and writes the receipt OUT/erasures/ID.json. Exit 0 also when nothing
+    matches (nothing is changed)."""
+    from fgid_builder.erase import EraseError, EraseRequest, NothingToErase, erase, receipt_url
     from fgid_builder.schema import ModelFileError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -281,7 +298,7 @@ def erase_command(
     click.echo(
         f"removed {len(receipt['removed'])} samples ({len(receipt['whole_photos'])} whole "
         f"photos) from {len(rewritten)} shards; {len(receipt['shards_unchanged'])} shards "
-        f"unchanged; receipt: {out / 'erasures' / (receipt['erase_id'] + '.json')}"
+        f"unchanged; receipt: {receipt_url(out, receipt)}"
     )
 
 
