@@ -196,3 +196,78 @@ def test_dvc_repro_reproduces_committed_lock(tmp_path: Path) -> None:
     # the captions do not depend on the batch size: what follows is checked and skipped
     assert ran == {"caption"}, ran
     assert "Stage 'shard' didn't change, skipping" in third
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_dvc_repro_after_an_opt_out_reruns_the_shard_stage_only_and_matches_a_fresh_clone(
+    tmp_path: Path,
+) -> None:
+    """A person added to the pipeline's opt-out list (`optout.txt`, a dependency of `shard`):
+    `dvc repro shard` reruns `shard` and nothing upstream, the person's samples are gone, and
+    a fresh clone whose list holds them from the start reproduces the same bytes. (Up to the
+    `shard` stage: what follows reads its outputs, `dvc status` shows them changed.)"""
+    import hashlib
+
+    from fgid_builder.index import read_index
+
+    if shutil.which("dvc") is None:
+        pytest.skip("dvc is not installed (pip install 'fgid[dvc]')")
+    upstream = {"demo_photos", "ingest", "detect", "parse", "embed", "caption"}
+
+    def clone(name: str) -> Path:
+        path = tmp_path / name
+        _run(["git", "clone", "--quiet", str(REPO), str(path)], tmp_path)
+        return path
+
+    def files(dataset: Path) -> dict[str, str]:
+        return {
+            p.relative_to(dataset).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(dataset.rglob("*"))
+            if p.is_file()
+        }
+
+    def changed(repo: Path) -> set[str]:
+        import json
+
+        out = subprocess.run(
+            ["dvc", "status", "--json"], cwd=repo, capture_output=True, text=True, timeout=300
+        )
+        assert out.returncode == 0, out.stderr
+        return set(json.loads(out.stdout or "{}"))
+
+    a = clone("a")
+    _run(["dvc", "repro", "shard"], a)
+    before = files(a / "data" / "dataset")
+    rows = read_index(a / "data" / "dataset" / "index.parquet").to_pylist()
+    # the person: every face of the astronaut photo (one `sha256` line, as `fgid erase` writes)
+    sha = hashlib.sha256((a / "data" / "demo" / "astronaut.png").read_bytes()).hexdigest()
+    theirs = {r["key"] for r in rows if r["status"] == "ok" and r["source_sha256"] == sha}
+    assert theirs, "the astronaut photo has no sample to opt out"
+    line = f"sha256 {sha}  # opted out by a test\n"
+
+    status_before = changed(a)
+    assert not status_before & (upstream | {"shard"}), status_before
+    with open(a / "optout.txt", "a") as f:
+        f.write(line)
+    status_after = changed(a)
+    assert status_after - status_before == {"shard"} and not status_after & upstream
+    log = _run(["dvc", "repro", "shard"], a)
+    assert _ran(log) == {"shard"}, _ran(log)
+    for stage in upstream - {"demo_photos"}:  # (demo_photos has no deps on the list either)
+        assert f"Stage '{stage}' didn't change, skipping" in log
+    after = files(a / "data" / "dataset")
+    assert after != before
+    rows = read_index(a / "data" / "dataset" / "index.parquet").to_pylist()
+    kept = {r["key"] for r in rows if r["status"] == "ok"}
+    assert not kept & theirs and kept  # the person is out, the others stay
+    assert {r["reason"] for r in rows if r["source_sha256"] == sha} == {"opted_out"}
+
+    b = clone("b")  # a fresh clone: its own empty cache, the list edited before any run
+    with open(b / "optout.txt", "a") as f:
+        f.write(line)
+    _run(["dvc", "repro", "shard"], b)
+    assert files(b / "data" / "dataset") == after
+    lock_a = yaml.safe_load((a / "dvc.lock").read_text())["stages"]["shard"]
+    lock_b = yaml.safe_load((b / "dvc.lock").read_text())["stages"]["shard"]
+    assert lock_a["outs"] == lock_b["outs"]
