@@ -48,6 +48,7 @@ from fgid_builder.dataset import (
     INDEX,
     PARTS,
     PLAN,
+    SETTINGS,
     SHARDS,
     Dataset,
     shard_part,
@@ -456,6 +457,16 @@ def erase(out: str | os.PathLike, request: EraseRequest) -> dict:
     ds = Dataset(out)
     if not ds.is_file(INDEX):
         raise EraseError(f"no index at {ds.url_of(INDEX)}: is {ds.url} an fgid dataset?")
+    if not ds.is_file(PLAN):  # refused before anything is written
+        raise EraseError(
+            f"no {PLAN} in {ds.url}: fgid erase works on what `fgid build` writes; for the "
+            "DVC pipeline's dataset add the person to its opt-out list and run `dvc repro`"
+        )
+    if request.like and not ds.is_file(SETTINGS):
+        raise EraseError(
+            f"no {SETTINGS} in {ds.url}: --like needs the backends that built it; "
+            "use --sha256 or --identity"
+        )
     try:
         with locked(out, "fgid erase"):
             return _erase(ds, request)

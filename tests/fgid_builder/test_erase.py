@@ -97,6 +97,24 @@ def test_a_shard_left_without_photos_is_removed(tiny):
     assert not (out / "shards" / "000002.tar").exists()
 
 
+def test_a_dataset_without_its_plan_is_refused_before_anything_is_written(tiny):
+    """The DVC pipeline's dataset (`fgid stage shard`) has no plan.parquet or build.json: the
+    erase is refused up front (exit 2 in the CLI), never half done."""
+    out, person_of = tiny
+    (out / "plan.parquet").unlink()
+    before = _files(out)
+    sha = read_index(out / "index.parquet").to_pylist()[0]["source_sha256"]
+    with pytest.raises(EraseError, match="opt-out list"):
+        erase(out, EraseRequest(sha256=(sha,)))
+    assert _files(out) == before
+    out2, _ = make_tiny_dataset(out.parent / "again")
+    (out2 / "build.json").unlink()
+    before = _files(out2)
+    with pytest.raises(EraseError, match="--like needs"):
+        erase(out2, EraseRequest(like=(str(out2 / "index.parquet"),)))
+    assert _files(out2) == before
+
+
 def _killed(out: Path, request: EraseRequest, n: int) -> None:
     os.environ["FGID_ERASE_KILL_AFTER"] = str(n)
     erase(out, request)
