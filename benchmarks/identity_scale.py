@@ -1,7 +1,7 @@
 """Identity assignment at scale: time and peak memory on synthetic embeddings.
 
-    OMP_NUM_THREADS=1 python benchmarks/identity_scale.py                # 100k and 1M, 128-d
-    python benchmarks/identity_scale.py --sizes 100000 --dim 512          # ArcFace's dimension
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/identity_scale.py     # 100k and 1M, 512-d
+    python benchmarks/identity_scale.py --sizes 100000 --dim 128          # dlib's dimension
 
 Each size runs in its own process (so each peak RSS is its own), one after another in this run.
 The embeddings are synthetic but shaped like real face embeddings: identity centres in a cone
@@ -11,7 +11,9 @@ threshold is the recorded dlib one (fgid_builder.identities.CALIBRATED). Printed
 one JSON line each: seconds of assign_identities (graph build, queries, links, average-linkage
 re-cut), RSS before it (the embeddings and keys) and its peak during it (sampled every 50 ms),
 and pair precision/recall of the identities
-against the synthetic truth on 200k sampled pairs (half same-identity).
+against the synthetic truth on 200k sampled pairs (half same-identity). While a size runs, a
+JSON line per 65,536 vectors added to the graph or queried goes to stderr (phase, done, wall
+and CPU seconds so far, RSS now): a run stopped early still shows its rate and memory.
 """
 
 from __future__ import annotations
@@ -96,7 +98,20 @@ def one(n: int, dim: int, threads: int) -> dict:
     sampler.start()
     cfg = AssignConfig(threshold=recorded_threshold("dlib"), threads=threads)
     t, cpu = time.perf_counter(), time.process_time()
-    result = assign_identities(keys, vectors, cfg)
+
+    def progress(phase: str, done_: int, total: int) -> None:
+        line = {
+            "samples": total,
+            "phase": phase,
+            "done": done_,
+            "seconds": round(time.perf_counter() - t, 1),
+            "cpu_seconds": round(time.process_time() - cpu, 1),
+            "rss_mib": round(_rss_mib()),
+            "load_average": round(os.getloadavg()[0], 1),
+        }
+        print(json.dumps(line), file=sys.stderr, flush=True)
+
+    result = assign_identities(keys, vectors, cfg, progress=progress)
     seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
     done.set()
     sampler.join()
@@ -127,7 +142,9 @@ def one(n: int, dim: int, threads: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="100000,1000000")
-    ap.add_argument("--dim", type=int, default=128, help="128 = dlib (the default embedder)")
+    ap.add_argument(
+        "--dim", type=int, default=512, help="512 = ArcFace (production); 128 = dlib (default)"
+    )
     ap.add_argument("--threads", type=int, default=0, help="query threads (0 = all CPUs)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -146,7 +163,7 @@ def main() -> None:
             "--threads",
             str(args.threads),
         ]
-        line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        line = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
         results.append(json.loads(line.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), flush=True)
     if len(results) > 1:

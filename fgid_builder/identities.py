@@ -24,7 +24,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -121,8 +121,23 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
-def knn(vectors: np.ndarray, cfg: AssignConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(neighbour indices, cosines), each (n, k'), k' = min(k + 1, n), self included."""
+Progress = Callable[[str, int, int], None]  # (phase, done, total): "graph" then "queries"
+CHUNK = 1 << 16  # vectors per add/query call: a progress step (the result does not depend on it)
+
+
+def knn(
+    vectors: np.ndarray,
+    cfg: AssignConfig,
+    *,
+    progress: Progress | None = None,
+    chunk: int = CHUNK,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(neighbour indices, cosines), each (n, k'), k' = min(k + 1, n), self included.
+
+    Added and queried `chunk` vectors at a time, `progress` called after each: in one thread
+    the graph gets the same points in the same order (hnswlib draws each point's level from
+    one seeded generator, in insertion order), and each query is answered on its own, so the
+    result is the same for every chunk size."""
     import hnswlib
 
     n, d = vectors.shape
@@ -132,12 +147,23 @@ def knn(vectors: np.ndarray, cfg: AssignConfig) -> tuple[np.ndarray, np.ndarray]
         max_elements=n, M=cfg.m, ef_construction=cfg.ef_construction, random_seed=cfg.seed
     )
     # one thread: the graph, hence every result, is a function of the vectors in this order
-    index.add_items(vectors, np.arange(n), num_threads=1)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        index.add_items(vectors[start:stop], np.arange(start, stop), num_threads=1)
+        if progress is not None:
+            progress("graph", stop, n)
     index.set_ef(max(cfg.ef, k))
-    labels, distances = index.knn_query(
-        vectors, k=k, num_threads=cfg.threads or os.cpu_count() or 1
-    )
-    return labels.astype(np.int64), (1.0 - distances).astype(np.float64)
+    labels = np.empty((n, k), dtype=np.int64)
+    cos = np.empty((n, k), dtype=np.float64)
+    threads = cfg.threads or os.cpu_count() or 1
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        got, distances = index.knn_query(vectors[start:stop], k=k, num_threads=threads)
+        labels[start:stop] = got
+        cos[start:stop] = 1.0 - distances
+        if progress is not None:
+            progress("queries", stop, n)
+    return labels, cos
 
 
 def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -179,8 +205,15 @@ def _refine(comp: np.ndarray, v: np.ndarray, cfg: AssignConfig) -> np.ndarray:
     return out
 
 
-def assign_identities(keys: Sequence[str], vectors: np.ndarray, cfg: AssignConfig) -> Assignment:
-    """One identity per key (keys need not be sorted; the result is in sorted key order)."""
+def assign_identities(
+    keys: Sequence[str],
+    vectors: np.ndarray,
+    cfg: AssignConfig,
+    *,
+    progress: Progress | None = None,
+) -> Assignment:
+    """One identity per key (keys need not be sorted; the result is in sorted key order).
+    `progress(phase, done, total)` follows the nearest-neighbour graph and queries (`knn`)."""
     import hnswlib
 
     order = sorted(range(len(keys)), key=lambda i: keys[i])
@@ -197,7 +230,7 @@ def assign_identities(keys: Sequence[str], vectors: np.ndarray, cfg: AssignConfi
     if n == 0:
         return Assignment([], [], [], [], [], [], [], settings)
     v = normalise(np.asarray(vectors)[order])
-    labels, cos = knn(v, cfg)
+    labels, cos = knn(v, cfg, progress=progress)
     rows = np.repeat(np.arange(n), labels.shape[1])
     cols = labels.reshape(-1)
     sims = cos.reshape(-1)

@@ -3,6 +3,7 @@ fgid_builder.splits and fgid_builder.erase. Exit codes: 0 ok, 2 usage or refused
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import sys
@@ -60,6 +61,7 @@ def run_identities(
     calibrate: str | None = None,
     k: int = 16,
     threads: int = 0,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Assign identities to every sample of OUT and write identities.parquet/.json."""
     from fgid_builder.identities import (
@@ -107,15 +109,39 @@ def run_identities(
             )
         meta["threshold_from"] = "recorded (fgid_builder.identities.CALIBRATED)"
     meta["threshold"] = threshold
-    assignment = assign_identities(
-        emb.keys, emb.vectors, AssignConfig(threshold=threshold, k=k, threads=threads)
-    )
+    with _knn_bars(len(emb.keys), progress) as bars:
+        assignment = assign_identities(
+            emb.keys,
+            emb.vectors,
+            AssignConfig(threshold=threshold, k=k, threads=threads),
+            progress=bars,
+        )
     if pairs is not None:
         row = face0_by_uri(emb)
         ident = dict(zip(assignment.keys, assignment.identity, strict=True))
         by_uri = {u: ident[emb.keys[i]] for u, i in row.items()}
         meta["pairs_at_threshold"] = pair_precision_recall(pairs, by_uri)
     return write_identities(out, assignment, emb.sources, meta)
+
+
+@contextlib.contextmanager
+def _knn_bars(n: int, enabled: bool):
+    """A progress callback for assign_identities: one tqdm bar per phase (graph, queries)."""
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def update(phase: str, done: int, total: int) -> None:
+        bar = bars.get(phase)
+        if bar is None:
+            bar = bars[phase] = tqdm(total=total, desc=phase, unit="face", disable=not enabled)
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        for bar in bars.values():
+            bar.close()
 
 
 @click.command("identities", context_settings=CTX)
@@ -144,15 +170,18 @@ def run_identities(
     show_default=True,
     help="Query threads (0 = all CPUs); the graph is built in one thread.",
 )
+@click.option("--progress/--no-progress", default=True, show_default=True)
 def identities_command(
-    out: str, threshold: float | None, calibrate: str | None, k: int, threads: int
+    out: str, threshold: float | None, calibrate: str | None, k: int, threads: int, progress: bool
 ) -> None:
     """Give every sample of OUT (a folder or URL) an identity id: OUT/identities.parquet (key,
     identity, and what decided it) + OUT/identities.json (threshold and where it came from,
     counts). The shards do not change."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        rec = run_identities(out, threshold=threshold, calibrate=calibrate, k=k, threads=threads)
+        rec = run_identities(
+            out, threshold=threshold, calibrate=calibrate, k=k, threads=threads, progress=progress
+        )
     except (FileNotFoundError, ValueError) as e:
         _fail("identities", str(e))
     line = (

@@ -121,3 +121,19 @@ def test_splits_are_identity_disjoint_sized_by_samples_and_seeded():
     assert split_identities(identity_of, fr, seed=1) != split
     with pytest.raises(ValueError):
         split_identities(identity_of, {"train": 0.9, "val": 0.2})
+
+
+def test_knn_in_chunks_gives_the_neighbours_of_one_call_and_reports_progress():
+    """The graph is built and queried a chunk at a time (a progress step each): in one thread
+    the same points go in in the same order, so the result is that of a single call."""
+    from fgid_builder.identities import knn, normalise
+
+    v = normalise(np.random.default_rng(3).normal(size=(500, 32)))
+    cfg = AssignConfig(threshold=0.5, threads=2)
+    whole = knn(v, cfg, chunk=len(v))  # one add_items call, one knn_query call
+    steps: list[tuple[str, int, int]] = []
+    chunked = knn(v, cfg, chunk=64, progress=lambda *step: steps.append(step))
+    assert np.array_equal(whole[0], chunked[0]) and np.array_equal(whole[1], chunked[1])
+    done = [*range(64, 500, 64), 500]
+    assert steps == [("graph", d, 500) for d in done] + [("queries", d, 500) for d in done]
+    assert (whole[0][:, 0] == np.arange(500)).mean() > 0.99  # each vector finds itself first
