@@ -256,9 +256,14 @@ def _merged_batches(
             for j, key in enumerate(_row_keys(batch)):
                 yield key, i, batch, j
 
+    # The output is gathered _TAKE_ROWS at a time (a multiple of Parquet's 1,024-row write
+    # batches, so the chunked output writes the same pages as a contiguous one): a source batch is
+    # referenced only until the chunk holding its rows is taken, so memory stays near one output
+    # row group, not a row group plus every source batch it came from.
     pending: list[tuple[pa.RecordBatch, int]] = []
+    chunks: list[pa.Table] = []
 
-    def flush() -> pa.Table:
+    def take() -> None:
         batches: dict[int, tuple[int, pa.RecordBatch]] = {}
         for batch, _ in pending:
             if id(batch) not in batches:
@@ -269,17 +274,32 @@ def _merged_batches(
             offsets[n] = start
             start += batch.num_rows
         table = pa.Table.from_batches([b for _, b in ordered], schema=INDEX_SCHEMA)
-        take = [offsets[batches[id(b)][0]] + j for b, j in pending]
+        index = [offsets[batches[id(b)][0]] + j for b, j in pending]
         pending.clear()
-        return table.take(take)
+        chunks.append(table.take(index))
+
+    def flush() -> pa.Table:
+        if pending:
+            take()
+        table = pa.concat_tables(chunks)
+        chunks.clear()
+        return table
 
     streams = [stream(i) for i in range(len(sources))]
+    held = 0
     for _, _, batch, j in heapq.merge(*streams, key=lambda t: (t[0], t[1])):
         pending.append((batch, j))
-        if len(pending) == rows:
+        held += 1
+        if len(pending) == _TAKE_ROWS:
+            take()
+        if held == rows:
+            held = 0
             yield flush()
-    if pending:
+    if held:
         yield flush()
+
+
+_TAKE_ROWS = 1024
 
 
 def merge_sorted(

@@ -93,7 +93,8 @@ def test_streaming_merge_equals_the_in_memory_merge(tmp_path):
     parts, all_rows = [], []
     for p in range(40):
         rows = []
-        for i in range(rng.randint(0, 30)):
+        # up to 150 rows a part: several 1,024-row take chunks per output row group
+        for i in range(rng.randint(0, 150)):
             uri = f"img/{rng.randint(0, 200):04d}-é.jpg"
             if rng.random() < 0.5:
                 meta = {"key": f"{rng.getrandbits(64):016x}_f{i % 3}",
