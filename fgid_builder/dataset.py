@@ -315,10 +315,9 @@ class Dataset(Store):
             },
             images=images,
             reject_reasons=[r["reason"] for r in index_rows if r["status"] != "ok"],
-            index_part={
+            index_part={  # the same fields `fgid erase` records when it rewrites a shard
                 "name": shard_part(shard),
                 "rows": len(index_rows),
-                "bytes": len(part),
                 "sha256": hashlib.sha256(part).hexdigest(),
             },
             extra=extra,
@@ -418,15 +417,44 @@ class Dataset(Store):
     def merge_index(
         self, shards: Iterable[str], extra_rows: Iterable[Mapping[str, Any]] = ()
     ) -> pa.Table:
-        """`index.parquet` from the shards' index parts plus `extra_rows` (planning rejects);
-        returns the table written."""
-        from fgid_builder.index import rows_table, sort_table, table_bytes
+        """`index.parquet` from the shards' index parts plus `extra_rows` (planning rejects),
+        streaming (`fgid_builder.index.merge_sorted`: memory bounded by its fan-in, not by the
+        rows); returns its `status` and `reason` columns. On an object store the merge runs
+        into a local temporary file, uploaded as one object."""
+        import tempfile
 
-        tables = [self.read_part(s) for s in sorted(shards)]
-        tables.append(rows_table(extra_rows))
-        table = sort_table(pa.concat_tables(tables))
-        self.write_bytes(INDEX, table_bytes(table))
-        return table
+        import pyarrow.parquet as pq
+
+        from fgid_builder.index import merge_sorted, rows_table
+
+        sources: list[Any] = [self._part_source(s) for s in sorted(shards)]
+        sources.append(rows_table(extra_rows))
+        if self.local:
+            merge_sorted(sources, self.path(INDEX))
+            return pq.read_table(self.path(INDEX), columns=["status", "reason"])
+        with tempfile.TemporaryDirectory(prefix="fgid-index-") as tmp:
+            local = os.path.join(tmp, INDEX)
+            merge_sorted(sources, local)
+            self.put_file(INDEX, local)
+            return pq.read_table(local, columns=["status", "reason"])
+
+    def _part_source(self, shard: str) -> Any:
+        """A merge source for a shard's index part: the local path, or (object stores) a
+        callable opening the object when the merge reaches it."""
+        if self.local:
+            from pathlib import Path
+
+            return Path(self.path(shard_part(shard)))
+        return lambda: self.open(shard_part(shard))
+
+    def put_file(self, rel: str, local_path: str) -> None:
+        """Upload a local file as `rel` (local OUT: an atomic copy). An object store's upload
+        (one PUT, or a multipart upload completed at the end) makes the object appear whole."""
+        if self.local:
+            with open(local_path, "rb") as f:
+                self.write_bytes(rel, f.read())
+        else:
+            self.fs.put_file(local_path, self.path(rel))
 
 
 def iter_shard_url(url: str) -> Iterator[dict[str, Any]]:

@@ -121,12 +121,10 @@ class Fetcher:
 
     def read_fsspec(self, url: str) -> bytes:
         """An object or file behind an fsspec URL (s3://, gs://, memory://, file://...)."""
+        from fgid_builder.dataset import url_to_fs  # the endpoint and cache options of OUT's
+
         try:
-            import fsspec
-        except ImportError as e:  # pragma: no cover - fsspec is a dependency
-            raise ImageRejected(Reason.UNREADABLE, f"fsspec is needed for {url}: {e}") from e
-        try:
-            fs, fpath = fsspec.core.url_to_fs(url)
+            fs, fpath = url_to_fs(url)
             info = fs.info(fpath)
             if info.get("type") not in (None, "file"):
                 raise ImageRejected(Reason.NOT_A_FILE, f"not a file ({info.get('type')})")

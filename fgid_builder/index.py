@@ -232,16 +232,21 @@ def _row_keys(batch: pa.RecordBatch) -> list[tuple]:
     ]
 
 
-def _batches_of(source: str | os.PathLike | pa.Table) -> Iterator[pa.RecordBatch]:
+def _batches_of(source: Any) -> Iterator[pa.RecordBatch]:
+    """A source's batches: a table, a Parquet path, or a callable returning a file object
+    (opened only when the merge reaches it, closed after)."""
     if isinstance(source, pa.Table):
         yield from sort_table(source).to_batches(max_chunksize=_READ_ROWS)
         return
-    f = pq.ParquetFile(source)
+    opened = source() if callable(source) else None
+    f = pq.ParquetFile(opened if opened is not None else source)
     try:
         for batch in f.iter_batches(batch_size=_READ_ROWS, columns=list(COLUMNS)):
             yield batch.cast(INDEX_SCHEMA) if batch.schema != INDEX_SCHEMA else batch
     finally:
         f.close()
+        if opened is not None:
+            opened.close()
 
 
 def _merged_batches(

@@ -9,8 +9,10 @@ Flow (DESIGN.md, "Pipeline properties"):
 2. Ray Data: the images of uncommitted shards stream through the stages (pipelines.ray_stages:
    decode+detect+align -> parse -> embed -> caption -> encode), actor pools with models loaded
    inside the workers; a failure on one image or face is a row with a reason, never a lost block;
-3. the driver collects the rows of each shard; when every image of a shard has reported, it
-   commits the shard: tar, then its index part, then the stats JSON (the commit marker);
+3. the Ray dataset has one row per shard: the pool that encodes writes and commits each shard
+   itself (fgid_builder.dataset: tar, then its index part, then the stats JSON, the commit
+   record, last) into OUT, a local folder or any fsspec URL (s3://, gs://); the driver
+   receives only the commit records (counts and keys, never sample bytes);
 4. merge the index parts and the planning rejects into `OUT/index.parquet` (after Ray has
    stopped);
 5. write the QA report `OUT/report/index.html` (eval.report; `--no-report` skips it). The
@@ -29,7 +31,6 @@ SHA-256, not by folder). Where this run read them is in `OUT/logs/run.json`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -44,7 +45,7 @@ from typing import Any
 
 import click
 
-from fgid_builder.faces import DEFAULT_MAX_FACES, DEFAULT_MIN_FACE
+from fgid_builder.dataset import INDEX, LOGS, PARTS, PLAN, SETTINGS, SHARDS, Dataset, is_local
 from fgid_builder.fetch import (
     DEFAULT_PER_HOST,
     DEFAULT_RETRIES,
@@ -55,8 +56,8 @@ from fgid_builder.fetch import (
 from fgid_builder.io import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_INPUT_BYTES, DEFAULT_READ_TIMEOUT
 from fgid_builder.lock import LockHeld
 from fgid_builder.manifest import ManifestError
-from fgid_builder.registry import DEFAULTS, available
 from fgid_builder.schema import SCHEMA_VERSION, ModelFileError
+from fgid_builder.settings import BackendSettings
 from fgid_builder.stage_resources import FLAG_NAMES, StageResources
 from pipelines.options import (
     backend_option,
@@ -70,13 +71,9 @@ from pipelines.options import (
 
 log = logging.getLogger("fgid.build")
 
-SHARDS = "shards"
-PARTS = "index_parts"
-LOGS = "logs"
-PLAN = "plan.parquet"
-INDEX = "index.parquet"
-SETTINGS = "build.json"
 RAY_LOG = "ray.log"  # under LOGS: Ray's own messages, unless --verbose
+
+__all__ = ["INDEX", "LOGS", "PARTS", "PLAN", "SETTINGS", "SHARDS", "BuildConfig", "run_build"]
 
 
 PLAN_ON = ("auto", "driver", "cluster")
@@ -114,8 +111,10 @@ def one_line(e: BaseException) -> str:
 
 
 @dataclass
-class BuildConfig:
-    """Every `fgid build` option, one field each (`fgid build --help` is the reference)."""
+class BuildConfig(BackendSettings):
+    """Every `fgid build` option, one field each (`fgid build --help` is the reference); the
+    backends and face gates are `fgid_builder.settings.BackendSettings`, shared with
+    `fgid stage`."""
 
     input: str | None
     out: str
@@ -123,13 +122,6 @@ class BuildConfig:
     address: str | None = None
     shard_size: int = 1000
     strict: bool = False
-    detector: str = DEFAULTS["detect"]
-    parser: str = DEFAULTS["parse"]
-    embedder: str = DEFAULTS["embed"]
-    captioner: str = DEFAULTS["caption"]
-    models_dir: str | None = None
-    min_face: int = DEFAULT_MIN_FACE
-    max_faces: int = DEFAULT_MAX_FACES
     demo: bool = False
     batch_size: int = 4
     fuse: bool = True
@@ -169,23 +161,14 @@ class BuildConfig:
             raise BuildError("--demo takes only OUT (its inputs are the package-shipped photos)")
         if not self.demo and not self.input:
             raise BuildError("INPUT is required (or pass --demo)")
-        if "://" in str(self.out):
-            # fgid_builder.dataset reads and writes such URLs, but this build still writes OUT
-            # through local files: refused, rather than a local folder named "s3:".
-            raise BuildError(
-                f"OUT must be a local folder for fgid build (got {self.out}); "
-                "object-store OUT is not supported yet"
-            )
         if self.workers < 0:
             raise BuildError("--workers must be >= 0")
         if self.shard_size < 1:
             raise BuildError("--shard-size must be >= 1")
         if self.batch_size < 1:
             raise BuildError("--batch-size must be >= 1")
-        if self.min_face < 1:
-            raise BuildError("--min-face must be >= 1")
-        if self.max_faces < 0:
-            raise BuildError("--max-faces must be >= 0 (0 = no limit)")
+        for error in self.settings_errors():
+            raise BuildError(error)
         if self.max_input_bytes < 1:
             raise BuildError("--max-input-bytes must be >= 1")
         if not self.read_timeout > 0:
@@ -200,11 +183,6 @@ class BuildConfig:
             raise BuildError(
                 f"--fetch-timeout must be > 0, --fetch-retries >= 0, --per-host >= 1 ({e})"
             ) from None
-        for stage, name in self.backends().items():
-            if name not in available(stage):
-                raise BuildError(
-                    f"unknown {stage} backend {name!r}; choose one of: {', '.join(available(stage))}"
-                )
         from pipelines.ray_stages import STAGE_NAMES
 
         for opt, mapping in (("--concurrency", self.concurrency), ("--gpus", self.gpus)):
@@ -217,14 +195,6 @@ class BuildConfig:
                     raise BuildError(f"{opt} {stage}={value}: must be positive")
         self.resources = _fold_shorthand(self.resources, self.concurrency, self.gpus)
 
-    def backends(self) -> dict[str, str]:
-        return {
-            "detect": self.detector,
-            "parse": self.parser,
-            "embed": self.embedder,
-            "caption": self.captioner,
-        }
-
     def input_kind(self) -> str:
         """What build.json records of INPUT: its kind, never its path."""
         from fgid_builder.manifest import is_manifest
@@ -233,7 +203,9 @@ class BuildConfig:
             return "--demo"
         if is_manifest(str(self.input)):
             return "manifest"
-        return "folder" if os.path.isdir(str(self.input)) else "list file"
+        from pipelines.plan import is_folder
+
+        return "folder" if is_folder(str(self.input)) else "list file"
 
     def plans_on_cluster(self) -> bool:
         return self.plan_on == "cluster" or (self.plan_on == "auto" and bool(self.address))
@@ -352,92 +324,6 @@ class BuildSummary:
         return lines
 
 
-# --------------------------------------------------------------------------- shard assembly
-
-
-@dataclass
-class _ImageRows:
-    expected: int = -1
-    rows: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def done(self) -> bool:
-        return self.expected >= 0 and len(self.rows) >= self.expected
-
-
-class ShardAssembler:
-    """Collects result rows until every image of a shard has reported all of its rows."""
-
-    def __init__(self, shard_images: dict[str, int]):
-        self.expected_images = dict(shard_images)
-        self._images: dict[str, dict[int, _ImageRows]] = {}
-        self._done: dict[str, int] = {}
-
-    def add(self, row: dict[str, Any]) -> str | None:
-        """Add one result row; returns the shard name when that row completed the shard."""
-        shard = row["shard"]
-        images = self._images.setdefault(shard, {})
-        img = images.setdefault(int(row["order"]), _ImageRows())
-        if img.done:
-            raise RuntimeError(f"image {row['order']} of shard {shard} reported too many rows")
-        img.expected = int(row["image_rows"])
-        img.rows.append(row)
-        if img.done:
-            self._done[shard] = self._done.get(shard, 0) + 1
-            if self._done[shard] == self.expected_images[shard]:
-                return shard
-        return None
-
-    def pop(self, shard: str) -> list[dict[str, Any]]:
-        images = self._images.pop(shard)
-        self._done.pop(shard)
-        return [r for order in sorted(images) for r in images[order].rows]
-
-    def pending(self) -> list[str]:
-        return sorted(self._images)
-
-
-def commit_shard(out: Path, shard: str, rows: Sequence[dict[str, Any]], images: int) -> int:
-    """Write one shard: tar, then its index part, then the stats JSON (the commit marker).
-
-    Returns the number of samples written."""
-    from fgid_builder.index import rows_table, table_bytes
-    from fgid_builder.shards import atomic_write_bytes, shard_stats, write_shard, write_stats
-    from pipelines.ray_stages import result_members
-
-    samples = [result_members(r) for r in rows if r["status"] == "ok"]
-    index_rows = [json.loads(r["index_row"]) for r in rows]
-    tar = write_shard(out / SHARDS / f"{shard}.tar", samples)
-    part = table_bytes(rows_table(index_rows))
-    atomic_write_bytes(out / PARTS / f"{shard}.parquet", part)
-    stats = shard_stats(
-        int(shard),
-        tar=tar,
-        images=images,
-        reject_reasons=[r["reason"] for r in index_rows if r["status"] != "ok"],
-        index_part={
-            "name": f"{PARTS}/{shard}.parquet",
-            "rows": len(index_rows),
-            "sha256": hashlib.sha256(part).hexdigest(),
-        },
-    )
-    write_stats(out / SHARDS / f"{shard}.json", stats)
-    return len(samples)
-
-
-def shard_is_committed(out: Path, shard: str) -> bool:
-    """Stats JSON present, tar of the recorded size, index part with the recorded hash."""
-    from fgid_builder.shards import file_sha256, is_committed, read_stats
-
-    if not is_committed(out / SHARDS, int(shard)):
-        return False
-    try:
-        part = read_stats(out / SHARDS / f"{shard}.json")["index_part"]
-        return file_sha256(out / part["name"]) == part["sha256"]
-    except (OSError, KeyError, TypeError, ValueError):
-        return False
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -466,22 +352,30 @@ def check_models(cfg: BuildConfig) -> dict[str, Any]:
     return infos
 
 
-def _load_exclusions(cfg: BuildConfig, out: Path, models: dict[str, Any]) -> Any:
+def _load_exclusions(cfg: BuildConfig, out: Dataset, models: dict[str, Any]) -> Any:
     """`--exclude` lists + OUT/optout.txt (None when both are empty)."""
     from fgid_builder.optout import OPTOUT, optout_bytes
-    from fgid_builder.shards import atomic_write_bytes
     from pipelines.optout_hooks import load_exclusions
 
+    if not out.local and not cfg.exclude and not out.is_file(OPTOUT):
+        return None
+    if not out.local:
+        raise BuildError(
+            f"--exclude and OUT/{OPTOUT} need a local OUT for now (got {cfg.out}); "
+            "fgid erase works on local datasets"
+        )
     embedder = ((models or {}).get("embed") or {}).get("name", "")
     try:
-        excl = load_exclusions(cfg.exclude, out, models_dir=cfg.models_dir, embedder=embedder)
+        excl = load_exclusions(
+            cfg.exclude, out.path(), models_dir=cfg.models_dir, embedder=embedder
+        )
     except (OSError, ValueError) as e:
         raise BuildError(f"--exclude: {e}") from None
     if excl is not None and (excl.listed.sha256 or excl.listed.keys):
         # the dataset keeps the hashes it was built without: a resume or rebuild keeps them out
         data = optout_bytes(excl.listed)
-        if not (out / OPTOUT).is_file() or (out / OPTOUT).read_bytes() != data:
-            atomic_write_bytes(out / OPTOUT, data)
+        if not out.is_file(OPTOUT) or out.read_bytes(OPTOUT) != data:
+            out.write_bytes(OPTOUT, data)
     return excl
 
 
@@ -489,49 +383,57 @@ def _kv(options: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in options.items())
 
 
-def _prepare_out(cfg: BuildConfig, models: dict[str, Any]) -> tuple[Path, int]:
-    """Create OUT's folders, remove what a killed run left half-written, check settings."""
-    from fgid_builder.shards import atomic_write_bytes, clean_temp_files
+def _dataset(cfg: BuildConfig) -> Dataset:
+    """OUT as a dataset (a local folder or any fsspec URL)."""
+    try:
+        return Dataset(cfg.out)
+    except (ImportError, ValueError) as e:
+        raise BuildError(str(e)) from None
 
-    out = Path(cfg.out)
-    for sub in (SHARDS, PARTS, LOGS):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    removed = sum(len(clean_temp_files(d)) for d in (out, out / SHARDS, out / PARTS))
+
+def _prepare_out(cfg: BuildConfig, models: dict[str, Any]) -> tuple[Dataset, int]:
+    """Create OUT's folders, remove what a killed run left half-written, check settings."""
+    out = _dataset(cfg)
+    removed = out.prepare()
     if removed:
         log.info("removed %d temporary files left by an interrupted run", removed)
     wanted = cfg.output_settings(models)
     settings = json.dumps(wanted, indent=1, sort_keys=True).encode() + b"\n"
-    path = out / SETTINGS
-    if path.is_file():
-        if path.read_bytes() != settings:
-            old = json.loads(path.read_text())
+    if out.is_file(SETTINGS):
+        if out.read_bytes(SETTINGS) != settings:
+            old = json.loads(out.read_bytes(SETTINGS))
             diff = sorted(k for k, v in wanted.items() if old.get(k) != v)
             raise BuildError(
-                f"{out} holds a build made with other settings ({', '.join(diff)}); "
+                f"{cfg.out} holds a build made with other settings ({', '.join(diff)}); "
                 "use a new OUT folder or the same settings"
             )
     else:
-        atomic_write_bytes(path, settings)
+        out.write_bytes(SETTINGS, settings)
     _record_run_paths(cfg, out)
     return out, removed
 
 
-def _record_run_paths(cfg: BuildConfig, out: Path) -> None:
+def _where(location: str) -> str:
+    """A location as this run saw it: local paths absolute, URLs as given."""
+    return os.path.abspath(location) if is_local(location) else location
+
+
+def _record_run_paths(cfg: BuildConfig, out: Dataset) -> None:
     """Where this run read its inputs and models (machine-specific, so under logs/); a resume
     from another location is allowed (the plan's content hashes guard it) and logged."""
     run = {
-        "input": None if cfg.demo else os.path.abspath(str(cfg.input)),
+        "input": None if cfg.demo else _where(str(cfg.input)),
         "input_base": cfg.input_base(),
         "models_dir": None if cfg.models_dir is None else os.path.abspath(cfg.models_dir),
     }
-    path = out / LOGS / "run.json"
-    if path.is_file():
+    path = f"{LOGS}/run.json"
+    if out.is_file(path):
         with contextlib.suppress(ValueError, OSError):
-            old = json.loads(path.read_text())
+            old = json.loads(out.read_bytes(path))
             moved = sorted(k for k, v in run.items() if old.get(k) != v)
             if moved:
                 log.info("resuming with other locations than the last run: %s", ", ".join(moved))
-    path.write_text(json.dumps(run, indent=1, sort_keys=True) + "\n")
+    out.write_text(path, json.dumps(run, indent=1, sort_keys=True) + "\n")
 
 
 def _demo_listing() -> list[Any]:
@@ -595,7 +497,7 @@ def _list_for_plan(cfg: BuildConfig) -> _Listing:
 
 def _make_plan(
     cfg: BuildConfig,
-    out: Path,
+    out: Dataset,
     listed: Any,
     threads: int,
     after: Any = None,
@@ -605,7 +507,7 @@ def _make_plan(
     while Ray starts (no Ray calls; pipelines.plan was imported by the listing); `workers`
     (> 0, Ray started, this thread) hashes on the cluster instead. `after`: the plan that
     `--append` extends."""
-    from pipelines.plan import make_plan, write_plan
+    from pipelines.plan import make_plan, plan_bytes
 
     hasher = None
     if workers:
@@ -627,23 +529,17 @@ def _make_plan(
         from pipelines.optout_hooks import opt_out_plan
 
         plan = opt_out_plan(plan, cfg.exclusions)
-    write_plan(out / PLAN, plan)
+    out.write_bytes(PLAN, plan_bytes(plan))
     return plan
 
 
-def _merge_final_index(out: Path, plan, shards: Sequence[str]) -> Any:
+def _merge_final_index(out: Dataset, plan, shards: Sequence[str]) -> Any:
     """Merge the shards' index parts and the planning rejects into OUT/index.parquet, streaming
     (memory bounded by the merge's fan-in, not by the rows); returns its status and reason
     columns."""
-    import pyarrow.parquet as pq
-
-    from fgid_builder.index import merge_sorted, rows_table
     from pipelines.plan import plan_reject_rows
 
-    sources: list[Any] = [out / PARTS / f"{s}.parquet" for s in shards]
-    sources.append(rows_table(plan_reject_rows(plan)))
-    merge_sorted(sources, out / INDEX)
-    return pq.read_table(out / INDEX, columns=["status", "reason"])
+    return out.merge_index(shards, plan_reject_rows(plan))
 
 
 @contextlib.contextmanager
@@ -657,7 +553,7 @@ def _ray_session(cfg: BuildConfig) -> Iterator[int]:
     started = False
     with contextlib.ExitStack() as stack:
         if not cfg.verbose:
-            stack.enter_context(_ray_output_to(Path(cfg.out) / LOGS / RAY_LOG))
+            stack.enter_context(_ray_output_to(_local_logs(cfg.out) / RAY_LOG))
         if not ray.is_initialized():
             common: dict[str, Any] = {
                 "include_dashboard": False,
@@ -688,6 +584,21 @@ def _ray_session(cfg: BuildConfig) -> Iterator[int]:
         finally:
             if started:
                 ray.shutdown()
+
+
+def _local_logs(out: str) -> Path:
+    """Where this machine's own log files go: OUT/logs/ for a local OUT; for an OUT on an
+    object store a local folder named after it (Ray writes its messages as they come)."""
+    if is_local(out):
+        path = Path(out.removeprefix("file://")) / LOGS
+    else:
+        import hashlib
+        import tempfile
+
+        tag = hashlib.sha256(out.encode()).hexdigest()[:12]
+        path = Path(tempfile.gettempdir()) / f"fgid-logs-{tag}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @contextlib.contextmanager
@@ -825,12 +736,20 @@ def run_build(cfg: BuildConfig) -> BuildSummary:
     `LockHeld` (exit 2) before it touches anything; a lock left by a killed run is taken over.
     A new plan is hashed while Ray starts; Ray calls stay in this thread. The index merge and
     the report come after Ray has stopped, in this thread too."""
-    from fgid_builder.lock import locked
+    from fgid_builder.lock import LockUnsupported, acquire, release
 
     t0 = time.perf_counter()
     models = check_models(cfg)
-    with locked(cfg.out):
+    try:
+        lock = acquire(cfg.out)
+    except LockUnsupported as e:
+        # an object store whose fsspec driver cannot create an object only if it is absent
+        log.warning("no lock on OUT (%s): run one build at a time on it", e)
         return _run_build(cfg, models, t0)
+    try:
+        return _run_build(cfg, models, t0)
+    finally:
+        release(lock)
 
 
 def _run_build(cfg: BuildConfig, models: dict[str, Any], t0: float) -> BuildSummary:
@@ -871,6 +790,8 @@ def _run_build(cfg: BuildConfig, models: dict[str, Any], t0: float) -> BuildSumm
             raise
         if summary.seconds_ray_start and t_stop is not None:
             summary.seconds_ray_stop = time.perf_counter() - t_stop
+    # a worker killed while writing (and retried) leaves a temporary file; none is writing now
+    summary.temp_files_removed += len(out.clean_temp_files("", SHARDS, PARTS))
     # After Ray has stopped, in this thread: run inside pytest's captured output, the report
     # written in a thread while ray.shutdown ran ended the test process without a word.
     table, summary.report, summary.report_error, summary.seconds_report = _finish(
@@ -883,13 +804,13 @@ def _run_build(cfg: BuildConfig, models: dict[str, Any], t0: float) -> BuildSumm
         sorted(Counter(r for s, r in zip(status, reasons, strict=True) if s != "ok").items())
     )
     summary.seconds_total = time.perf_counter() - t0
-    (out / LOGS / "summary.json").write_text(json.dumps(asdict(summary), indent=1) + "\n")
+    out.write_text(f"{LOGS}/summary.json", json.dumps(asdict(summary), indent=1) + "\n")
     return summary
 
 
 def _plan_and_start_ray(
     cfg: BuildConfig,
-    out: Path,
+    out: Dataset,
     summary: BuildSummary,
     t0: float,
     background: Any,
@@ -903,9 +824,11 @@ def _plan_and_start_ray(
 
     threads = max(2, cfg.workers or os.cpu_count() or 2)
     started = False
-    if (out / PLAN).is_file():
-        log.info("resuming: reading the plan in %s", out / PLAN)
-        plan = _checked_plan(cfg, out, read_plan(out / PLAN), threads)
+    if out.is_file(PLAN):
+        log.info("resuming: reading the plan in %s", out.url_of(PLAN))
+        with out.open(PLAN) as f:
+            plan = read_plan(f)
+        plan = _checked_plan(cfg, out, plan, threads)
         summary.seconds_plan = time.perf_counter() - t0
     else:
         listed = _list_for_plan(cfg)
@@ -935,7 +858,7 @@ def _plan_and_start_ray(
     summary.images_listed = plan.num_rows
     summary.images_planned = sum(sizes.values())
     summary.shards_total = len(sizes)
-    todo = [s for s in sizes if not shard_is_committed(out, s)]
+    todo = [s for s in sizes if not out.is_committed(s)]
     summary.shards_skipped = len(sizes) - len(todo)
     if summary.shards_skipped:
         log.info("skipping %d committed shards", summary.shards_skipped)
@@ -949,7 +872,7 @@ def _plan_and_start_ray(
     return plan, sizes, todo, images
 
 
-def _checked_plan(cfg: BuildConfig, out: Path, plan: Any, threads: int) -> Any:
+def _checked_plan(cfg: BuildConfig, out: Dataset, plan: Any, threads: int) -> Any:
     """OUT's plan when this run's INPUT lists the same inputs; with `--append`, the plan
     extended by the new ones (written before any work); a BuildError (exit 2) otherwise."""
     from pipelines.plan import compare_inputs
@@ -962,7 +885,7 @@ def _checked_plan(cfg: BuildConfig, out: Path, plan: Any, threads: int) -> Any:
         return plan
     if not cfg.append:
         raise BuildError(
-            f"the inputs differ from the plan in {out}: {changes.summary()}; rerun with "
+            f"the inputs differ from the plan in {cfg.out}: {changes.summary()}; rerun with "
             "--append to add the new inputs in new shards, or build into a new OUT"
         )
     if changes.removed or changes.changed:
@@ -1004,19 +927,23 @@ def _start_ray(cfg: BuildConfig, summary: BuildSummary, ray_session: contextlib.
 
 
 def _finish(
-    cfg: BuildConfig, out: Path, plan: Any, shards: list[str]
+    cfg: BuildConfig, out: Dataset, plan: Any, shards: list[str]
 ) -> tuple[Any, str | None, str | None, float]:
     """The final index and the QA report (after Ray has stopped): (index table, report path,
     report error, seconds writing the report)."""
     table = _merge_final_index(out, plan, shards)
     if not cfg.report:
         return table, None, None, 0.0
+    if not out.local:
+        log.info("the QA report renders a local OUT only: `fgid report` on a local copy of %s",
+                 cfg.out)  # fmt: skip
+        return table, None, None, 0.0
     t = time.perf_counter()
     report, error = _write_report(out)
     return table, report, error, time.perf_counter() - t
 
 
-def _write_report(out: Path) -> tuple[str | None, str | None]:
+def _write_report(out: Dataset) -> tuple[str | None, str | None]:
     """The QA report of the finished dataset: (path, None), or (None, error) when it failed;
     a failure never touches the committed shards and index (the traceback goes to logs/,
     when there is room for it)."""
@@ -1025,22 +952,23 @@ def _write_report(out: Path) -> tuple[str | None, str | None]:
 
     from eval.report import REPORT_DIR, write_report
 
-    error_file = out / LOGS / "report_error.txt"
+    error_file = f"{LOGS}/report_error.txt"
     try:
-        path = write_report(out)
+        path = write_report(out.url)
     except Exception as e:  # noqa: BLE001 - a report failure must not lose the dataset
         line = one_line(e)
         log.error("the QA report failed (the dataset is complete): %s", line)
         # a half-written report is no use and, on a full disk, holds the space the error
         # file and the summary need
-        shutil.rmtree(out / REPORT_DIR, ignore_errors=True)
+        if out.local:
+            shutil.rmtree(out.path(REPORT_DIR), ignore_errors=True)
         try:
-            error_file.write_text(traceback.format_exc())
+            out.write_text(error_file, traceback.format_exc())
         except OSError as write_error:  # a full or read-only disk: the line is all there is
             return None, f"{line} (no traceback: {one_line(write_error)})"
-        return None, f"{line} (traceback in {error_file})"
+        return None, f"{line} (traceback in {out.url_of(error_file)})"
     with contextlib.suppress(OSError):
-        error_file.unlink(missing_ok=True)
+        out.remove(error_file)
     return str(path), None
 
 
@@ -1059,19 +987,24 @@ def _check_inputs_present(cfg: BuildConfig, images: list[dict[str, Any]]) -> Non
 
 
 def _process(
-    cfg: BuildConfig, out: Path, images: list[dict[str, Any]], sizes: dict[str, int], workers: int
+    cfg: BuildConfig,
+    out: Dataset,
+    images: list[dict[str, Any]],
+    sizes: dict[str, int],
+    workers: int,
 ) -> tuple[int, dict[str, float]]:
-    """Stream the images through Ray Data and commit every shard as soon as it is complete."""
+    """Stream the shards through Ray Data; the workers write and commit each shard, and the
+    driver receives only the commit records (stats JSON: counts and keys, no sample bytes)."""
     from tqdm import tqdm
 
     from pipelines.ray_stages import build_dataset
 
     _quiet_ray_data()
-    ds = build_dataset(images, cfg, workers=workers)
-    assembler = ShardAssembler(sizes)
-    written = committed = 0
+    ds = build_dataset(images, cfg, workers=workers, out=out.url)
+    written = 0
     worker_seconds = 0.0
-    arrivals: list[float] = []  # when each image's first row reached the driver
+    committed: set[str] = set()
+    arrivals: list[tuple[float, int]] = []  # (when a commit record arrived, its images)
     start = time.perf_counter()
     bar_opts = {"disable": not cfg.progress, "file": sys.stderr, "dynamic_ncols": True}
     with (
@@ -1081,31 +1014,27 @@ def _process(
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             received = time.perf_counter()
             for row in batch.to_pylist():
+                record = json.loads(row["record"])
+                shard = row["shard"]
+                if shard in committed or shard not in sizes or record["images"] != sizes[shard]:
+                    raise RuntimeError(f"unexpected commit record for shard {shard}")
+                committed.add(shard)
                 worker_seconds += row["worker_seconds"] or 0.0
-                if row["row_index"] == 0:
-                    img_bar.update(1)
-                    arrivals.append(received)
-                shard = assembler.add(row)
-                if shard is not None:
-                    rows = assembler.pop(shard)
-                    if cfg.exclusions is not None:
-                        from pipelines.optout_hooks import opt_out_rows
-
-                        rows = opt_out_rows(rows, cfg.exclusions)
-                    written += commit_shard(out, shard, rows, sizes[shard])
-                    committed += 1
-                    shard_bar.update(1)
-    missing = assembler.pending()
-    if missing or committed != len(sizes):
-        raise RuntimeError(f"the pipeline ended with incomplete shards: {missing}")
+                written += int(record["samples"])
+                arrivals.append((received, int(record["images"])))
+                img_bar.update(int(record["images"]))
+                shard_bar.update(1)
+    missing = sorted(set(sizes) - committed)
+    if missing:
+        raise RuntimeError(f"the pipeline ended with uncommitted shards: {missing}")
     timing = {"worker_seconds": worker_seconds}
     if arrivals:
-        timing["seconds_first_result"] = arrivals[0] - start
-    if arrivals and arrivals[-1] > arrivals[0]:
-        # the rate once the actors are up: the images that arrived after the first batch of
-        # results, over the time from that batch to the last
-        later = sum(1 for t in arrivals if t > arrivals[0])
-        timing["steady_images_per_second"] = later / (arrivals[-1] - arrivals[0])
+        timing["seconds_first_result"] = arrivals[0][0] - start
+    if len(arrivals) > 1 and arrivals[-1][0] > arrivals[0][0]:
+        # the rate once the actors are up: the images committed after the first shard, over
+        # the time from that shard to the last
+        later = sum(n for t, n in arrivals if t > arrivals[0][0])
+        timing["steady_images_per_second"] = later / (arrivals[-1][0] - arrivals[0][0])
     return written, timing
 
 
@@ -1341,7 +1270,9 @@ def build_command(
         sys.exit(EXIT_FAILED)
     for line in summary.lines():
         click.echo(line)
-    click.echo(f"dataset: {cfg.out} (shards/, index.parquet); logs: {Path(cfg.out) / LOGS}")
+    logs = Path(cfg.out) / LOGS if is_local(cfg.out) else f"{cfg.out.rstrip('/')}/{LOGS}"
+    ray_log = "" if is_local(cfg.out) else f" (Ray's messages: {_local_logs(cfg.out) / RAY_LOG})"
+    click.echo(f"dataset: {cfg.out} (shards/, index.parquet); logs: {logs}{ray_log}")
     if summary.report_error:
         click.echo(f"fgid build: the QA report failed: {summary.report_error}", err=True)
     if cfg.strict and (summary.rejects or summary.report_error):
@@ -1396,7 +1327,7 @@ def run_build_watched(cfg: BuildConfig) -> BuildSummary:
 
 def _ray_log_hint(out: str) -> str:
     """Where Ray's own messages of this run are (not on the terminal unless --verbose)."""
-    path = Path(out) / LOGS / RAY_LOG
+    path = _local_logs(out) / RAY_LOG
     return f" (Ray's messages: {path})" if path.is_file() and path.stat().st_size else ""
 
 
@@ -1434,13 +1365,13 @@ def _failure_line(e: BaseException, out: str) -> str:
             " (Ray failed: a raylet or worker died or the cluster is overloaded; rerun to resume)"
             + _ray_log_hint(out)
         )
-    error_file = Path(out) / LOGS / "error.txt"
     try:
-        error_file.parent.mkdir(parents=True, exist_ok=True)
-        error_file.write_text(traceback.format_exc())
-    except OSError:
+        dataset = Dataset(out)
+        dataset.makedirs(LOGS)
+        dataset.write_text(f"{LOGS}/error.txt", traceback.format_exc())
+    except Exception:  # noqa: BLE001 - an OUT that cannot be written: the line is all there is
         return line + hint
-    return f"{line}{hint} (traceback in {error_file})"
+    return f"{line}{hint} (traceback in {dataset.url_of(LOGS, 'error.txt')})"
 
 
 def _is_ray_failure(e: BaseException) -> bool:

@@ -68,13 +68,12 @@ def opt_out_plan(plan: Any, exclusions: Any) -> Any:
 
 
 def opt_out_rows(rows: list[dict[str, Any]], exclusions: Any) -> list[dict[str, Any]]:
-    """A shard's result rows (driver side, before the commit) with listed faces turned into
+    """A shard's result rows (in the worker that commits it) with listed faces turned into
     `opted_out` rejects: by source hash, key, or a match to an opt-out reference photo."""
     import json
 
     from fgid_builder.index import reject_row
     from fgid_builder.schema import Reason, load_npy
-    from fgid_builder.shards import iter_tar_bytes
 
     out = []
     for r in rows:
@@ -84,8 +83,7 @@ def opt_out_rows(rows: list[dict[str, Any]], exclusions: Any) -> list[dict[str, 
         ix = json.loads(r["index_row"])
         emb = None
         if exclusions.references is not None:
-            member = next(iter_tar_bytes(r["sample_tar"]))
-            emb = load_npy(member["id.npy"])
+            emb = load_npy(r["members"]["id.npy"])
         why = exclusions.reason(ix["key"], ix["source_sha256"], emb)
         if why is None:
             out.append(r)
@@ -101,6 +99,6 @@ def opt_out_rows(rows: list[dict[str, Any]], exclusions: Any) -> list[dict[str, 
             shard=ix["shard"],
         )
         out.append(
-            dict(r, status="rejected", sample_tar=None, index_row=json.dumps(row, sort_keys=True))
+            dict(r, status="rejected", members=None, index_row=json.dumps(row, sort_keys=True))
         )
     return out

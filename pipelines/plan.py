@@ -232,6 +232,59 @@ def walk_folder(
     return out, skipped
 
 
+def is_folder(source: str | os.PathLike) -> bool:
+    """INPUT is a folder (local, or a prefix of an object store), not a list file."""
+    from fgid_builder.dataset import is_local, url_to_fs
+
+    if is_local(source):
+        return os.path.isdir(os.fspath(source).removeprefix("file://"))
+    fs, path = url_to_fs(source)
+    try:
+        return bool(fs.isdir(path))
+    except OSError:
+        return False
+
+
+def walk_url(root: str, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> tuple[list[Listed], int]:
+    """Image objects under a filesystem URL (`s3://bucket/photos/`), recursively; uris are the
+    keys relative to `root`, as `walk_folder` makes them for a local folder (an object store has
+    no symlinks or special files)."""
+    from fgid_builder.dataset import url_to_fs
+
+    fs, base = url_to_fs(root)
+    out: list[Listed] = []
+    skipped = 0
+    for path in sorted(fs.find(base)):
+        rel = path[len(base) :].lstrip("/")
+        if Path(rel).suffix.lower() in IMAGE_SUFFIXES:
+            if len(out) >= max_entries:
+                raise ListingError(f"{root} holds more than {max_entries} images (--max-entries)")
+            out.append(Listed(escape_name(rel), fs.unstrip_protocol(path)))
+        else:
+            skipped += 1
+    return out, skipped
+
+
+def _read_list_url(url: str, *, max_entries: int) -> list[Listed]:
+    """A list file at a URL: relative lines are relative to the list's folder URL."""
+    from fgid_builder.dataset import join_url
+
+    try:
+        data = Fetcher(FetchPolicy(max_bytes=1 << 30)).read(url)
+    except ImageRejected as e:
+        raise FileNotFoundError(f"input not found: {url} ({e.detail})") from None
+    base = url.rstrip("/").rsplit("/", 1)[0]
+    out: list[Listed] = []
+    for raw in data.splitlines():
+        line = raw.decode("utf-8", "surrogateescape").strip()
+        if not line or line.startswith("#"):
+            continue
+        if len(out) >= max_entries:
+            raise ListingError(f"the list file names more than {max_entries} paths (--max-entries)")
+        out.append(Listed(escape_name(line), line if "://" in line else join_url(base, line)))
+    return out
+
+
 def read_list_file(
     path: str | os.PathLike, *, max_entries: int = DEFAULT_MAX_ENTRIES
 ) -> list[Listed]:
@@ -305,7 +358,15 @@ def list_inputs(
         if not is_url(os.fspath(source)) and not os.path.isfile(source):
             raise FileNotFoundError(f"manifest not found: {source}")
         return list(read_manifest(os.fspath(source)))
-    if isinstance(source, str | os.PathLike):
+    if isinstance(source, str) and is_url(source) and not source.startswith("file://"):
+        # an object-store folder (`s3://bucket/photos/`) or list file
+        if is_folder(source):
+            listed, skipped = walk_url(source, max_entries=max_entries)
+            if skipped:
+                log.info("skipped %d objects without an image suffix under %s", skipped, source)
+        else:
+            listed = _read_list_url(source, max_entries=max_entries)
+    elif isinstance(source, str | os.PathLike):
         src = Path(source)
         if src.is_dir():
             listed, skipped = walk_folder(
@@ -368,7 +429,13 @@ def input_base(source: str | os.PathLike | None) -> str | None:
     if source is None or not isinstance(source, str | os.PathLike):
         return None
     if is_url(os.fspath(source)):
-        return None  # a manifest on an object store: its locations are resolved URLs
+        from fgid_builder.manifest import is_manifest
+
+        if is_manifest(os.fspath(source)):
+            return None  # a manifest on an object store: its locations are resolved URLs
+        root = os.fspath(source).rstrip("/")
+        # an object-store folder: paths relative to it, as for a local folder
+        return root if is_folder(source) else root.rsplit("/", 1)[0]
     src = Path(source)
     if src.is_dir():
         return _abs(src)
@@ -398,6 +465,9 @@ def plan_path(item: Listed, base: str | None) -> str:
     surrogate-escaped bytes (a name that is not UTF-8): `plan_path_columns` stores it."""
     if item.uri.startswith(PKG_SCHEME):
         return item.uri
+    if base is not None and is_url(base):  # an object-store folder: keys relative to it
+        prefix = base.rstrip("/") + "/"
+        return item.path[len(prefix) :] if item.path.startswith(prefix) else item.path
     if is_url(item.path):
         return item.path
     if base is not None:
@@ -439,6 +509,8 @@ def resolve_path(path: str, base: str | None) -> str:
         return str(root / rel)
     if is_url(path) or os.path.isabs(path) or base is None:
         return path
+    if is_url(base):
+        return base.rstrip("/") + "/" + path
     return os.path.join(base, path)
 
 

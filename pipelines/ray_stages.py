@@ -1,20 +1,25 @@
-"""The Ray Data stages of `fgid build`: thin wrappers over fgid_builder, one row per face.
+"""The Ray Data stages of `fgid build`: thin wrappers over fgid_builder; workers write the shards.
 
-Stages, in order: `detect` (read + decode + detect + gates + align: one image in, one row per
-face or one reject row out), `parse`, `embed`, `caption`, `encode` (the WebDataset members of
-the sample, carried to the driver as a one-sample tar, and its index row).
+The unit of work is a shard: the Ray dataset has one row per shard of the plan (its images as
+JSON), so the plan alone decides which image goes in which shard. Each actor pool processes a
+whole shard per call, `batch_size` images (or faces) at a time through its stages; the pool
+holding the last stage (`encode`) encodes every sample once into its WebDataset members, applies
+the opt-out lists, and writes and commits the shard itself
+(`fgid_builder.dataset.Dataset.write_shard` on OUT's URL: tar, index part, commit record last).
+What comes back to the driver is the commit record (the stats JSON: counts and keys, a few
+dozen bytes per sample), never sample bytes.
 
-Every row carries its image's plan position (`order`, `shard`), `row_index` and `image_rows`
-(how many rows that image produced), so the driver knows when an image, and so a shard, is
-complete. A failure on one image or face turns that row into a reject (status + reason +
-detail); it never fails the Ray block. Only a `ModelFileError` (the run cannot work at all)
-propagates.
+Stages, in order: `detect` (read or download + decode + detect + gates + align: one image in,
+one row per face or one reject row out), `parse`, `embed`, `caption`, `encode`. A failure on one
+image or face turns that row into a reject (status + reason + detail); it never fails the Ray
+block. Only a `ModelFileError` (the run cannot work at all) propagates.
 
 Stages run as actor pools (`map_batches` with a callable class): the backend configuration is
 shipped, the model is loaded once per actor. With `fuse` (the default on CPU) consecutive CPU
 stages share one pool, so a face is not serialised between stages; a stage given GPUs
 (`gpus={"embed": 1}`), its own batch size or CPUs per actor, or any stage with `--no-fuse`, gets
-its own pool and its own concurrency. Per-stage settings come from
+its own pool and its own concurrency; between pools a shard's in-flight faces travel as one
+binary value (Ray's object store, in memory only). Per-stage settings come from
 `fgid_builder.stage_resources.StageResources` (`--stage-config` YAML and per-stage flags); each
 backend is constructed with `models_dir` plus that stage's `options`.
 """
@@ -48,16 +53,22 @@ INPUT_SCHEMA = pa.schema(
         ("extra", pa.string()),  # a manifest row's pass-through columns (JSON), or null
     ]
 )
-ROW_SCHEMA = pa.schema(
-    list(INPUT_SCHEMA)
-    + [
-        ("row_index", pa.int64()),
-        ("image_rows", pa.int64()),
-        ("status", pa.string()),  # ok | rejected
-        ("index_row", pa.string()),  # canonical JSON of the index row (set when final)
-        ("state", pa.binary()),  # the in-flight FaceSample between pools (transport only)
-        ("sample_tar", pa.binary()),  # the encoded sample as a one-sample tar (final rows)
-        # seconds of stage work behind this row, summed over pools (for the run log only)
+# One row per shard between pools: its images (JSON plan rows), and once a pool has run, the
+# in-flight rows of its faces (`state`, transport only, never written to disk).
+SHARD_SCHEMA = pa.schema(
+    [
+        ("shard", pa.string()),
+        ("images", pa.int64()),  # planned images in the shard
+        ("inputs", pa.string()),  # JSON list of the shard's image rows (INPUT_SCHEMA)
+        ("state", pa.large_binary()),
+        ("worker_seconds", pa.float64()),  # stage work so far, summed over pools
+    ]
+)
+# What the last pool returns to the driver: the commit record, nothing else.
+RESULT_SCHEMA = pa.schema(
+    [
+        ("shard", pa.string()),
+        ("record", pa.string()),  # the shard's stats JSON as committed
         ("worker_seconds", pa.float64()),
     ]
 )
@@ -74,6 +85,8 @@ class StageSettings:
     # stage -> backend constructor kwargs (`--captioner-option model=...`, YAML `options:`)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     fetch: FetchPolicy = field(default_factory=FetchPolicy)  # how inputs are read/downloaded
+    out: str | None = None  # the dataset (local path or URL) the encoding pool commits into
+    exclusions: Any = None  # fgid_builder.optout.Exclusions applied before a commit, or None
 
 
 def backend_targets(backends: dict[str, str]) -> dict[str, str]:
@@ -85,6 +98,28 @@ def backend_targets(backends: dict[str, str]) -> dict[str, str]:
         cls = registry.backend_class(stage, name)
         out[stage] = f"{cls.__module__}:{cls.__qualname__}"
     return out
+
+
+def stage_settings(
+    cfg: Any,
+    *,
+    stages: Sequence[str] | None = None,
+    options: dict[str, dict[str, Any]] | None = None,
+    **extra: Any,
+) -> StageSettings:
+    """What the stages get from a `fgid_builder.settings.BackendSettings` (the config of
+    `fgid build` and of `fgid stage` alike): the backends of `stages` (default: all), the
+    models folder, the face gates, the backends' options."""
+    backends = cfg.backends()
+    chosen = {s: backends[s] for s in (stages or backends)}
+    return StageSettings(
+        backends=backend_targets(chosen),
+        models_dir=cfg.models_dir,
+        min_face=cfg.min_face,
+        max_faces=cfg.max_faces,
+        options={s: o for s, o in (options or {}).items() if o},
+        **extra,
+    )
 
 
 def create_backend(settings: StageSettings, stage: str) -> Any:
@@ -127,33 +162,44 @@ def _error_detail(stage: str, e: BaseException) -> str:
     return f"{stage}: {type(e).__name__}: {e}"
 
 
-def to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
-    """Python rows -> the fixed Arrow schema (the sample object pickled, in memory only)."""
-    out = []
-    for r in rows:
-        d = {k: r.get(k) for k in ROW_SCHEMA.names}
-        sample = r.get("sample")
-        d["state"] = pickle.dumps(sample, protocol=5) if sample is not None else b""
-        d["index_row"] = d["index_row"] or ""
-        d["sample_tar"] = d["sample_tar"] or b""
-        out.append(d)
-    return pa.Table.from_pylist(out, schema=ROW_SCHEMA)
+def pack_inputs(rows: Sequence[dict[str, Any]]) -> str:
+    """A shard's image rows (INPUT_SCHEMA) as JSON; raw path bytes as hex."""
+    return json.dumps(
+        [dict(r, path_bytes=None if r.get("path_bytes") is None else r["path_bytes"].hex())
+         for r in rows]
+    )  # fmt: skip
 
 
-def from_table(table: pa.Table) -> list[dict[str, Any]]:
-    rows = table.to_pylist()
+def unpack_inputs(data: str) -> list[dict[str, Any]]:
+    rows = json.loads(data)
     for r in rows:
-        state = r.pop("state", b"") if "state" in r else b""
-        r["sample"] = pickle.loads(state) if state else None
+        if r.get("path_bytes") is not None:
+            r["path_bytes"] = bytes.fromhex(r["path_bytes"])
     return rows
 
 
-def result_members(row: dict[str, Any]) -> dict[str, Any]:
-    """The WebDataset members of a final `ok` row (read back from its one-sample tar)."""
-    from fgid_builder.shards import iter_tar_bytes
+def pack_state(rows: Sequence[dict[str, Any]]) -> bytes:
+    """A shard's in-flight rows as one value between actor pools (in memory only: Ray's object
+    store carries it from one worker to the next; nothing of it is written to disk)."""
+    return pickle.dumps(list(rows), protocol=5)
 
-    (members,) = list(iter_tar_bytes(row["sample_tar"]))
-    return members
+
+def unpack_state(data: bytes) -> list[dict[str, Any]]:
+    return pickle.loads(data) if data else []
+
+
+def write_shard_rows(
+    dataset: Any, shard: str, rows: Sequence[dict[str, Any]], images: int, exclusions: Any = None
+) -> dict[str, Any]:
+    """Commit a shard from its final rows (`encode` output, opted-out faces turned into
+    rejects first); returns the commit record."""
+    if exclusions is not None:
+        from pipelines.optout_hooks import opt_out_rows
+
+        rows = opt_out_rows(list(rows), exclusions)
+    samples = [r["members"] for r in rows if r["status"] == "ok"]
+    index_rows = [json.loads(r["index_row"]) for r in rows]
+    return dataset.write_shard(shard, samples, index_rows, images=images)
 
 
 # --------------------------------------------------------------------------- stages
@@ -356,7 +402,8 @@ class CaptionStage(_FaceStage):
 
 
 class EncodeStage:
-    """The sample's WebDataset members (as a one-sample tar) and its index row."""
+    """The sample's WebDataset members (encoded once, written into the shard by the same
+    worker) and its index row."""
 
     name = "encode"
 
@@ -366,7 +413,6 @@ class EncodeStage:
     def process(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from fgid_builder.encode import encode_sample
         from fgid_builder.index import sample_row
-        from fgid_builder.shards import tar_bytes
 
         out = []
         for row in rows:
@@ -375,7 +421,6 @@ class EncodeStage:
                 continue
             try:
                 members = encode_sample(row["sample"])
-                data, _ = tar_bytes([members])
                 meta = json.loads(members["json"])
                 index = sample_row(meta, shard=row["shard"])
                 index["source_bytes"] = row["source_bytes"]
@@ -383,7 +428,7 @@ class EncodeStage:
                 out.append(_face_reject(row, Reason.ERROR, _error_detail("encode", e)))
                 continue
             out.append(
-                dict(row, sample=None, sample_tar=data, index_row=json.dumps(index, sort_keys=True))
+                dict(row, sample=None, members=members, index_row=json.dumps(index, sort_keys=True))
             )
         return out
 
@@ -398,26 +443,57 @@ STAGE_CLASSES: dict[str, type] = {
 
 
 class StagePool:
-    """The callable class of one actor pool: runs its stages in order on each batch."""
+    """The callable class of one actor pool: runs its stages over each shard, `batch_size`
+    rows at a time; the pool holding `encode` writes and commits the shard."""
 
-    def __init__(self, settings: StageSettings, stages: Sequence[str]):
+    def __init__(self, settings: StageSettings, stages: Sequence[str], batch_size: int):
+        self.settings = settings
         self.stages = [STAGE_CLASSES[name](settings) for name in stages]
         self.first_is_detect = stages[0] == "detect"
+        self.writes = stages[-1] == "encode"
+        self.batch_size = max(1, int(batch_size))
+        self.dataset = None
+        if self.writes:
+            from fgid_builder.dataset import Dataset
+
+            if settings.out is None:
+                raise ValueError("the pool that encodes needs the dataset URL to write into")
+            self.dataset = Dataset(settings.out)
+
+    def run(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The stages over `rows`, `batch_size` at a time (the outputs in input order)."""
+        done: list[dict[str, Any]] = []
+        for i in range(0, len(rows), self.batch_size):
+            chunk = rows[i : i + self.batch_size]
+            for stage in self.stages:
+                chunk = stage.process(chunk)
+            done.extend(chunk)
+        return done
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        start = time.perf_counter()
-        if self.first_is_detect:
-            rows = batch.to_pylist()
-        else:
-            rows = from_table(batch)
-        before = sum(r.get("worker_seconds") or 0.0 for r in rows)
-        for stage in self.stages:
-            rows = stage.process(rows)
-        if rows:  # spread this call's time (and what earlier pools spent) over its rows
-            share = (before + time.perf_counter() - start) / len(rows)
-            for r in rows:
-                r["worker_seconds"] = share
-        return to_table(rows)
+        out = []
+        for shard_row in batch.to_pylist():
+            start = time.perf_counter()
+            if self.first_is_detect:
+                rows = unpack_inputs(shard_row["inputs"])
+            else:
+                rows = unpack_state(shard_row["state"])
+            rows = self.run(rows)
+            if self.writes:
+                record = write_shard_rows(self.dataset, shard_row["shard"], rows,
+                                          shard_row["images"], self.settings.exclusions)  # fmt: skip
+                seconds = (shard_row["worker_seconds"] or 0.0) + time.perf_counter() - start
+                out.append({
+                    "shard": shard_row["shard"],
+                    "record": json.dumps(record, sort_keys=True),
+                    "worker_seconds": seconds,
+                })  # fmt: skip
+            else:
+                seconds = (shard_row["worker_seconds"] or 0.0) + time.perf_counter() - start
+                out.append(dict(shard_row, inputs="", state=pack_state(rows),
+                                worker_seconds=seconds))  # fmt: skip
+        schema = RESULT_SCHEMA if self.writes else SHARD_SCHEMA
+        return pa.Table.from_pylist(out, schema=schema)
 
 
 # --------------------------------------------------------------------------- the dataset
@@ -520,28 +596,31 @@ def _concat_hashes(batches: list[pa.RecordBatch]) -> pa.Table:
     return pa.Table.from_batches(batches, schema=HASH_COLUMNS)
 
 
-def build_dataset(images: list[dict[str, Any]], cfg: Any, *, workers: int):
-    """The Ray dataset of result rows for `images` (plan rows), lazily executed."""
+def build_dataset(images: list[dict[str, Any]], cfg: Any, *, workers: int, out: str):
+    """The Ray dataset of commit records for `images` (plan rows), one row per shard, lazily
+    executed; its last pool writes and commits each shard into the dataset at `out`."""
     import ray
     from ray.data import ActorPoolStrategy
 
     res = cfg.resources
-    settings = StageSettings(
-        backends=backend_targets(cfg.backends()),
-        models_dir=cfg.models_dir,
-        min_face=cfg.min_face,
-        max_faces=cfg.max_faces,
+    settings = stage_settings(
+        cfg,
         options=cfg.backend_options(),
         fetch=cfg.fetch_policy(),
+        out=out,
+        exclusions=cfg.exclusions,
     )
-    items = [{k: r.get(k) for k in INPUT_SCHEMA.names} for r in images]
-    # Blocks of about `batch_size` images, fewer when there are fewer images than that per
-    # worker, so every actor gets work; at most MAX_INPUT_BLOCKS blocks (each costs the driver
-    # ~1 ms in `from_items`), so a big run gets bigger blocks, still cut into `batch_size`
-    # batches by map_batches. (Block boundaries never change the output: rows are sorted.)
-    bs = max(1, min(cfg.batch_size, -(-len(items) // max(1, workers))))
-    block_rows = max(bs, -(-len(items) // MAX_INPUT_BLOCKS))
-    ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // block_rows)))
+    by_shard: dict[str, list[dict[str, Any]]] = {}
+    for r in images:
+        by_shard.setdefault(r["shard"], []).append({k: r.get(k) for k in INPUT_SCHEMA.names})
+    items = [
+        {"shard": shard, "images": len(rows), "inputs": pack_inputs(rows), "state": b"",
+         "worker_seconds": 0.0}
+        for shard, rows in sorted(by_shard.items())
+    ]  # fmt: skip
+    # One block per shard, at most MAX_INPUT_BLOCKS (each costs the driver ~1 ms in
+    # `from_items`); every pool takes one shard per call whatever the blocks.
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), MAX_INPUT_BLOCKS)))
     pools = plan_pools(
         workers=workers,
         fuse=cfg.fuse,
@@ -556,13 +635,17 @@ def build_dataset(images: list[dict[str, Any]], cfg: Any, *, workers: int):
             kwargs["num_gpus"] = pool.num_gpus
         ds = ds.map_batches(
             StagePool,
-            fn_constructor_kwargs={"settings": settings, "stages": pool.stages},
-            batch_size=pool.batch_size or bs,
+            fn_constructor_kwargs={
+                "settings": settings,
+                "stages": pool.stages,
+                "batch_size": pool.batch_size or cfg.batch_size,
+            },
+            batch_size=1,
             batch_format="pyarrow",
             zero_copy_batch=True,
-            # two batches queued per actor: no idle gap between batches, and no actor holding
-            # a backlog while another one idles at the end
-            compute=ActorPoolStrategy(size=pool.concurrency, max_tasks_in_flight_per_actor=2),
+            # one shard queued per actor: a whole shard is a long task, and an actor holding
+            # a second one while another actor idles would stretch the end of the run
+            compute=ActorPoolStrategy(size=pool.concurrency, max_tasks_in_flight_per_actor=1),
             num_cpus=pool.num_cpus,
             **kwargs,
         )

@@ -23,7 +23,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -36,9 +35,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fgid_builder.faces import DEFAULT_MAX_FACES, DEFAULT_MIN_FACE
-from fgid_builder.registry import DEFAULTS, available
 from fgid_builder.schema import ImageRejected, ModelFileError, Reason
+from fgid_builder.settings import BackendSettings
 from pipelines.options import (
     backend_option,
     max_faces_option,
@@ -108,19 +106,14 @@ _ROWS_PER_GROUP = 64  # rows per Parquet row group: bounds memory when a stage s
 
 
 @dataclass
-class StageConfig:
-    """Every `fgid stage` option, one field each (`fgid stage NAME --help` is the reference)."""
+class StageConfig(BackendSettings):
+    """Every `fgid stage` option, one field each (`fgid stage NAME --help` is the reference); the
+    backends and face gates are `fgid_builder.settings.BackendSettings`, shared with
+    `fgid build`."""
 
     stage: str
     input: str
     out: str
-    detector: str = DEFAULTS["detect"]
-    parser: str = DEFAULTS["parse"]
-    embedder: str = DEFAULTS["embed"]
-    captioner: str = DEFAULTS["caption"]
-    models_dir: str | None = None
-    min_face: int = DEFAULT_MIN_FACE
-    max_faces: int = DEFAULT_MAX_FACES
     batch_size: int | None = None  # None: the --stage-config batch_size of the stage, else 4
     shard_size: int = 1000
     threads: int = 2
@@ -138,26 +131,12 @@ class StageConfig:
         for name, value in (
             ("--batch-size", self.batch_size),
             ("--shard-size", self.shard_size),
-            ("--min-face", self.min_face),
             ("--threads", self.threads),
         ):
             if value < 1:
                 raise click.UsageError(f"{name} must be >= 1")
-        if self.max_faces < 0:
-            raise click.UsageError("--max-faces must be >= 0 (0 = no limit)")
-        for stage, name in self.backends().items():
-            if name not in available(stage):
-                raise click.UsageError(
-                    f"unknown {stage} backend {name!r}; choose one of: {', '.join(available(stage))}"
-                )
-
-    def backends(self) -> dict[str, str]:
-        return {
-            "detect": self.detector,
-            "parse": self.parser,
-            "embed": self.embedder,
-            "caption": self.captioner,
-        }
+        for error in self.settings_errors():
+            raise click.UsageError(error)
 
 
 # --------------------------------------------------------------------------- Parquet I/O
@@ -334,7 +313,6 @@ def _face_row_in(row: dict[str, Any]) -> dict[str, Any]:
         "image_rows": row["image_rows"],
         "status": row["status"],
         "index_row": row["index_row"] or "",
-        "sample_tar": b"",
         "sample": sample_from_columns(row) if row["status"] == "ok" else None,
     }
     return out
@@ -448,15 +426,9 @@ def run_ingest(cfg: StageConfig) -> StageStats:
 
 
 def _settings(cfg: StageConfig, stage: str):
-    from pipelines.ray_stages import StageSettings, backend_targets
+    from pipelines.ray_stages import stage_settings
 
-    return StageSettings(
-        backends=backend_targets({stage: cfg.backends()[stage]}),
-        models_dir=cfg.models_dir,
-        min_face=cfg.min_face,
-        max_faces=cfg.max_faces,
-        options={stage: dict(cfg.options)} if cfg.options else {},
-    )
+    return stage_settings(cfg, stages=(stage,), options={stage: dict(cfg.options)})
 
 
 def _ingest_reject_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -565,15 +537,15 @@ def run_face_stage(cfg: StageConfig) -> StageStats:
 # --------------------------------------------------------------------------- shard
 
 
-def _clear_dataset_out(out: Path) -> None:
+def _clear_dataset_out(out: Any) -> None:
     """A shard stage rewrites its OUT: stale shards of an earlier, larger run must not remain."""
-    from pipelines.build import INDEX, PARTS, SHARDS
+    from fgid_builder.dataset import INDEX, PARTS, SHARDS
 
     for sub in (SHARDS, PARTS):
-        if (out / sub).exists():
-            shutil.rmtree(out / sub)
-        (out / sub).mkdir(parents=True)
-    (out / INDEX).unlink(missing_ok=True)
+        for name in out.listdir(sub):
+            out.remove(f"{sub}/{name}")
+    out.remove(INDEX)
+    out.prepare()
 
 
 def _exclusions(cfg: StageConfig) -> Any:
@@ -602,16 +574,12 @@ def _opted_out_photo(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_shard(cfg: StageConfig) -> StageStats:
-    """Encode every sample, write the shards with the build's commit, merge the index."""
-    import pyarrow as pa
-
-    from fgid_builder.index import read_index, rows_table, write_index
-    from pipelines.build import INDEX, PARTS, commit_shard
-    from pipelines.optout_hooks import opt_out_rows
+    """Encode every sample, write the shards with the dataset's commit, merge the index."""
+    from fgid_builder.dataset import Dataset
     from pipelines.plan import assign_shards
-    from pipelines.ray_stages import EncodeStage, StageSettings
+    from pipelines.ray_stages import EncodeStage, StageSettings, write_shard_rows
 
-    out = Path(cfg.out)
+    out = Dataset(cfg.out)
     _clear_dataset_out(out)
     encode = EncodeStage(StageSettings(backends={}))
     # First pass over the light columns: which images are planned, so shards can be cut.
@@ -637,8 +605,8 @@ def run_shard(cfg: StageConfig) -> StageStats:
     def commit() -> None:
         nonlocal shards_written
         if current is not None:
-            rows = pending if excl is None else opt_out_rows(pending, excl)
-            stats.faces_ok += commit_shard(out, current, rows, sizes[current])
+            record = write_shard_rows(out, current, pending, sizes[current], excl)
+            stats.faces_ok += int(record["samples"])
             shards_written += 1
 
     total = _num_rows(cfg.input)
@@ -673,10 +641,7 @@ def run_shard(cfg: StageConfig) -> StageStats:
     commit()
     if shards_written != len(sizes):
         raise RuntimeError(f"wrote {shards_written} shards of {len(sizes)}")
-    tables = [read_index(out / PARTS / f"{s}.parquet") for s in sorted(sizes)]
-    tables.append(rows_table(loose_rows))
-    table = pa.concat_tables(tables)
-    write_index(out / INDEX, table)
+    table = out.merge_index(sorted(sizes), loose_rows)
     status = table.column("status").to_pylist()
     reasons = Counter(
         r for s, r in zip(status, table.column("reason").to_pylist(), strict=True) if s != "ok"

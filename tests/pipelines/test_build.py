@@ -1,4 +1,4 @@
-"""`fgid build`: config <-> CLI, pool planning, shard assembly, and the whole pipeline on Ray.
+"""`fgid build`: config <-> CLI, pool planning, and the whole pipeline on Ray.
 
 The default suite runs the pipeline end to end on one shared local Ray instance (awkward inputs,
 1 vs 2 workers, resume after a simulated crash, plain-webdataset reading, --strict). The
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,6 @@ from pipelines.build import (
     SHARDS,
     BuildConfig,
     BuildError,
-    ShardAssembler,
     build_command,
     run_build,
 )
@@ -161,16 +161,6 @@ def test_plan_pools():
     gpu = plan_pools(workers=4, fuse=True, gpus={"embed": 1})
     assert [p.stages for p in gpu] == [("detect", "parse"), ("embed",), ("caption", "encode")]
     assert gpu[1].num_gpus == 1 and gpu[1].num_cpus == 0
-
-
-def test_shard_assembler_waits_for_every_row():
-    asm = ShardAssembler({"000000": 2, "000001": 1})
-    assert asm.add({"shard": "000000", "order": 1, "image_rows": 2}) is None
-    assert asm.add({"shard": "000001", "order": 2, "image_rows": 1}) == "000001"
-    assert asm.add({"shard": "000000", "order": 0, "image_rows": 1}) is None
-    assert asm.add({"shard": "000000", "order": 1, "image_rows": 2}) == "000000"
-    assert [r["order"] for r in asm.pop("000000")] == [0, 1, 1]
-    assert asm.pending() == ["000001"]
 
 
 # --------------------------------------------------------------------------- on Ray
@@ -506,12 +496,21 @@ def test_detect_stage_prefers_the_row_bytes(tmp_path):
     assert bad[0]["status"] == "rejected" and "do not match their hash" in bad[0]["index_row"]
 
 
-def test_an_object_store_out_is_refused_not_a_local_folder(tmp_path: Path, monkeypatch) -> None:
-    """`fgid build` writes OUT through local files: an `s3://` OUT is exit 2 with one line,
-    before anything is written (it used to make a local folder named `s3:`)."""
+def test_an_unreachable_object_store_out_is_one_line_not_a_local_folder(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """`fgid build` writes an `s3://` OUT through the object store (never a local folder named
+    `s3:`); a store it cannot use (here: no credentials anywhere) is one line and exit 3.
+    (Building into a real S3 server: tests/pipelines/test_s3.py.)"""
+    pytest.importorskip("s3fs")
     monkeypatch.chdir(tmp_path)
+    for var in [v for v in os.environ if v.startswith("AWS_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     (tmp_path / "photos").mkdir()
     res = CliRunner().invoke(build_command, [str(tmp_path / "photos"), "s3://bucket/out"])
-    assert res.exit_code == 2, res.output
-    assert "OUT must be a local folder" in res.output
+    assert res.exit_code == 3, res.output
+    assert "the run failed" in res.output and len(res.output.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
