@@ -357,18 +357,9 @@ def _load_exclusions(cfg: BuildConfig, out: Dataset, models: dict[str, Any]) -> 
     from fgid_builder.optout import OPTOUT, optout_bytes
     from pipelines.optout_hooks import load_exclusions
 
-    if not out.local and not cfg.exclude and not out.is_file(OPTOUT):
-        return None
-    if not out.local:
-        raise BuildError(
-            f"--exclude and OUT/{OPTOUT} need a local OUT for now (got {cfg.out}); "
-            "fgid erase works on local datasets"
-        )
     embedder = ((models or {}).get("embed") or {}).get("name", "")
     try:
-        excl = load_exclusions(
-            cfg.exclude, out.path(), models_dir=cfg.models_dir, embedder=embedder
-        )
+        excl = load_exclusions(cfg.exclude, out.url, models_dir=cfg.models_dir, embedder=embedder)
     except (OSError, ValueError) as e:
         raise BuildError(f"--exclude: {e}") from None
     if excl is not None and (excl.listed.sha256 or excl.listed.keys):

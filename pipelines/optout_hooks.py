@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from fgid_builder.optout import Exclusions
@@ -35,7 +34,7 @@ def load_exclusions(
 
         vecs = []
         for photo in listed.photos:
-            _, faces = embed_reference(photo, Path(out), models_dir)
+            _, faces = embed_reference(photo, out, models_dir)
             vecs += faces[:1]
         excl.references = np.stack(vecs) if vecs else None
         excl.threshold = recorded_threshold(embedder)

@@ -502,7 +502,7 @@ def test_an_unreachable_object_store_out_is_one_line_not_a_local_folder(
     """`fgid build` writes an `s3://` OUT through the object store (never a local folder named
     `s3:`); a store it cannot use (here: no credentials anywhere) is one line and exit 3.
     (Building into a real S3 server: tests/pipelines/test_s3.py.)"""
-    pytest.importorskip("s3fs")
+    s3fs = pytest.importorskip("s3fs")
     monkeypatch.chdir(tmp_path)
     for var in [v for v in os.environ if v.startswith("AWS_")]:
         monkeypatch.delenv(var)
@@ -510,7 +510,12 @@ def test_an_unreachable_object_store_out_is_one_line_not_a_local_folder(
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     (tmp_path / "photos").mkdir()
-    res = CliRunner().invoke(build_command, [str(tmp_path / "photos"), "s3://bucket/out"])
+    # fsspec caches filesystems: none made with other credentials here, none left behind
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        res = CliRunner().invoke(build_command, [str(tmp_path / "photos"), "s3://bucket/out"])
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
     assert res.exit_code == 3, res.output
     assert "the run failed" in res.output and len(res.output.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
