@@ -122,6 +122,10 @@ class OptimConfig:
     max_grad_norm: float = 1.0
     scheduler: str = "constant"
     warmup_steps: int = 0
+    # torch's fused AdamW kernel (CPU and CUDA): one pass over each tensor instead of ~8
+    # (measured 3.5x faster on CPU; the default for-loop AdamW step took 18% of a real-size
+    # adapter step at 64 px).
+    fused: bool = True
 
     def validate(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -152,6 +156,10 @@ class RunConfig:
     seed: int = 0
     allow_tf32: bool = True
     report_to: str | None = "tensorboard"
+    # Folder of the frozen CLIP image features (training.feature_cache): each distinct input is
+    # encoded once and read back on later epochs and runs; keyed by the encoder's weights hash
+    # and the input's bytes, so other weights never read stale entries. null = encode per step.
+    clip_feature_cache: str | None = None
     # Debug/tests: each rank writes the sample keys it read and its final adapter weights.
     record_rank_outputs: bool = False
 

@@ -28,6 +28,8 @@ from training.config import ModelConfig
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+# The CLIP image features both resamplers read: the penultimate hidden state (IP-Adapter Plus).
+CLIP_LAYER = -2
 
 
 class PerceiverAttention(nn.Module):
@@ -332,6 +334,8 @@ class ConsistentIDModel(nn.Module):
         self.unet, self.text_encoder, self.image_encoder = unet, text_encoder, image_encoder
         self.config = config
         self.id_dim = id_dim
+        # A training.feature_cache.ClipFeatureCache over image_encoder, or None (computed).
+        self.clip_cache: Any = None
         cross_dim = unet.config.cross_attention_dim
         text_dim = text_encoder.config.hidden_size
         clip_dim = image_encoder.config.hidden_size
@@ -447,21 +451,22 @@ class ConsistentIDModel(nn.Module):
     ) -> torch.Tensor:
         with torch.no_grad():
             text = self.text_encoder(input_ids)[0]
-            b, r = region_pixels.shape[:2]
-            dtype = next(self.image_encoder.parameters()).dtype
-            feats = self.image_encoder(
-                region_pixels.flatten(0, 1).to(dtype), output_hidden_states=True
-            ).hidden_states[-2]
+        b, r = region_pixels.shape[:2]
+        feats = self.clip_features(region_pixels.flatten(0, 1))
         feats = feats.view(b, r, *feats.shape[1:])
         return self.facial_encoder(feats, text, positions, valid)
 
     def identity_tokens(self, id_embed: torch.Tensor, clip_image: torch.Tensor) -> torch.Tensor:
+        return self.id_net(id_embed, self.clip_features(clip_image))
+
+    def clip_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The frozen CLIP image encoder's penultimate hidden state (B, S, D), from the feature
+        cache when one is set (`train.clip_feature_cache`)."""
+        pixels = pixels.to(next(self.image_encoder.parameters()).dtype)
+        if self.clip_cache is not None:
+            return self.clip_cache(pixels)
         with torch.no_grad():
-            dtype = next(self.image_encoder.parameters()).dtype
-            feats = self.image_encoder(
-                clip_image.to(dtype), output_hidden_states=True
-            ).hidden_states[-2]
-        return self.id_net(id_embed, feats)
+            return self.image_encoder(pixels, output_hidden_states=True).hidden_states[CLIP_LAYER]
 
     def forward(
         self,

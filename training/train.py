@@ -109,6 +109,16 @@ class Trainer:
         model = build_model(base, cfg.model, id_dim).to(acc.device)
         for p in model.trainable_parameters():
             p.data = p.data.float()
+        self.clip_cache = None
+        if run.clip_feature_cache:
+            from training.feature_cache import ClipFeatureCache
+            from training.model import CLIP_LAYER
+
+            self.clip_cache = ClipFeatureCache(
+                run.clip_feature_cache, base.image_encoder, layer=CLIP_LAYER
+            )
+            model.clip_cache = self.clip_cache
+            log.info("CLIP image features cached in %s", self.clip_cache.root)
         params = model.trainable_parameters()
         self.num_trainable = sum(p.numel() for p in params)
         optimizer = torch.optim.AdamW(
@@ -117,6 +127,7 @@ class Trainer:
             betas=cfg.optim.betas,
             eps=cfg.optim.eps,
             weight_decay=cfg.optim.weight_decay,
+            fused=cfg.optim.fused,
         )
         # Stepped once per optimizer step by us (not through accelerate, which would step it
         # once per process).
@@ -261,6 +272,7 @@ class Trainer:
         sums = {"loss": 0.0, "predict_loss": 0.0, "facial_loss": 0.0}
         samples, micro, t0 = 0, 0, time.perf_counter()
         stats: dict[str, int] = {}
+        cache_seen = self._cache_counts()
         while self.global_step < run.max_steps:
             batch = next(batches)
             stats = batch.get("stats", stats)
@@ -295,6 +307,10 @@ class Trainer:
                 "corrupt_shards": int(stats.get("corrupt_shards", 0)),
                 "unverified_shards": int(stats.get("unverified_shards", 0)),
             }
+            counts = self._cache_counts()
+            row["clip_cache_hits"] = counts[0] - cache_seen[0]  # this rank's, this step
+            row["clip_cache_misses"] = counts[1] - cache_seen[1]
+            cache_seen = counts
             history.append(row)
             if acc.is_main_process:
                 with metrics_file.open("a") as f:
@@ -312,8 +328,18 @@ class Trainer:
             if self.global_step % run.checkpointing_steps == 0 or self.global_step == run.max_steps:
                 self.save_checkpoint()
         progress.close()
+        if self.clip_cache is not None:
+            log.info(
+                "CLIP feature cache: %d hit(s), %d miss(es) on this rank",
+                self.clip_cache.hits,
+                self.clip_cache.misses,
+            )
         self._finish()
         return history
+
+    def _cache_counts(self) -> tuple[int, int]:
+        cache = self.clip_cache
+        return (cache.hits, cache.misses) if cache is not None else (0, 0)
 
     def _truncate_metrics(self, path: Path) -> None:
         """Drop the rows of steps after the one this run starts from (a run that went on past
