@@ -152,19 +152,6 @@ def adapter_step(trainer, batch) -> float:
     return time.perf_counter() - t0
 
 
-def clip_features_time(trainer, batch) -> float:
-    """The frozen CLIP ViT-H/14 forwards inside one adapter step (whole image + region crops):
-    inputs that do not change during training, so they could be precomputed once per sample."""
-    import torch
-
-    enc = trainer.base.image_encoder
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        enc(batch["clip_image"], output_hidden_states=True)
-        enc(batch["region_pixels"].flatten(0, 1), output_hidden_states=True)
-    return time.perf_counter() - t0
-
-
 def activation_bytes(trainer, batch) -> int:
     """Bytes autograd saves for backward in one adapter step (unique storages, parameters
     excluded): the activation memory of training."""
@@ -241,13 +228,13 @@ def real_size(args) -> None:
         for _ in range(args.stream_batches):
             n += len(next(it)["key"])
         stream = n / (time.perf_counter() - t0)
-        # The frozen CLIP ViT-H/14 forwards of one step (whole image + region crops), timed
-        # alone; the first adapter step then computes them once more and writes the trainer's
-        # feature cache (train.clip_feature_cache), which every later step reads. The CLIP
-        # inputs (224 px) are the same at every training size, so all sizes read the cache.
-        c = clip_features_time(trainer, full)
-        full_step = adapter_step(trainer, full)
+        # The first adapter step computes the frozen CLIP ViT-H/14 features (whole image +
+        # region crops; the cache times its encoder forwards) and writes the trainer's feature
+        # cache (train.clip_feature_cache), which every later step reads. The CLIP inputs
+        # (224 px) are the same at every training size, so all sizes read the cache.
         cache = trainer.clip_cache
+        full_step = adapter_step(trainer, full)
+        c = cache.compute_seconds
         assert cache.misses > 0 and cache.hits == 0, cache.stats()
         rows_for_fit: list[tuple[int, int, int]] = []
         for res in sorted(args.resolutions):
@@ -258,14 +245,15 @@ def real_size(args) -> None:
             for _ in range(args.rounds):  # interleaved, same batch
                 plain.append(plain_step(trainer, batch))
                 adapted.append(adapter_step(trainer, batch))
-            act = {}
-            for gc_on in (False, True):
+            act = {"plain": None, "checkpointing": None}
+            for gc_on in (False, True) if args.activations_too else ():
                 if gc_on:
                     trainer.base.unet.enable_gradient_checkpointing()
                 act["checkpointing" if gc_on else "plain"] = activation_bytes(trainer, batch)
             trainer.base.unet.disable_gradient_checkpointing()
             report_row(args, trainer, res, plain, adapted, c, stream, act, full_step, top)
-            rows_for_fit.append((res, act["plain"], act["checkpointing"]))
+            if args.activations_too:
+                rows_for_fit.append((res, act["plain"], act["checkpointing"]))
         misses = cache.misses
         adapter_step(trainer, full)
         assert cache.misses == misses, "a timed step recomputed CLIP features"
@@ -313,9 +301,13 @@ def report_row(args, trainer, res, plain, adapted, c, stream, act, full_step, to
         f"{first:.2f} s while the cache fills (the {1 + trainer.config.model.max_regions} CLIP "
         f"ViT-H/14 forwards per sample, {c:.2f} s, in the step: {100 * (first / p - 1):+.0f}%), "
         f"{100 * (amortized / p - 1):+.1f}% over {e} epochs; stream {stream:.2f} samples/s vs "
-        f"{consumed:.3f} consumed = {stream / consumed:.1f}x; activations "
-        f"{act['plain'] / 2**20:.0f} MiB ({act['checkpointing'] / 2**20:.0f} MiB with "
-        "gradient checkpointing)",
+        f"{consumed:.3f} consumed = {stream / consumed:.1f}x"
+        + (
+            f"; activations {act['plain'] / 2**20:.0f} MiB ({act['checkpointing'] / 2**20:.0f} "
+            "MiB with gradient checkpointing)"
+            if act["plain"] is not None
+            else ""
+        ),
         flush=True,
     )
 
@@ -566,6 +558,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stream-batches", type=int, default=8)
+    parser.add_argument(
+        "--no-activations",
+        dest="activations_too",
+        action="store_false",
+        help="--real-size: skip the activation-bytes measurement (two more steps per size)",
+    )
     parser.add_argument(
         "--epochs",
         type=int,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ class ClipFeatureCache:
         self.root.mkdir(parents=True, exist_ok=True)
         self.hits = 0
         self.misses = 0
+        self.compute_seconds = 0.0  # in the encoder's forwards (the time the cache saves)
         meta = self.root / ENCODER_META
         if not meta.is_file():
             dtype = next(encoder.parameters()).dtype
@@ -111,9 +113,13 @@ class ClipFeatureCache:
         self._atomic_write(path, save({"features": features.detach().contiguous().cpu()}))
 
     def compute(self, pixels: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
         with torch.no_grad():
-            out = self.encoder(pixels, output_hidden_states=True)
-        return out.hidden_states[self.layer]
+            out = self.encoder(pixels, output_hidden_states=True).hidden_states[self.layer]
+        if out.is_cuda:
+            torch.cuda.synchronize(out.device)
+        self.compute_seconds += time.perf_counter() - t0
+        return out
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         paths = [self.entry(p) for p in pixels]
@@ -137,4 +143,9 @@ class ClipFeatureCache:
         return torch.stack([f.to(device) for f in found])  # type: ignore[union-attr]
 
     def stats(self) -> dict[str, Any]:
-        return {"hits": self.hits, "misses": self.misses, "folder": str(self.root)}
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "compute_seconds": round(self.compute_seconds, 3),
+            "folder": str(self.root),
+        }

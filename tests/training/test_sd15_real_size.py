@@ -65,7 +65,7 @@ def shards(photos: list[Path], tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(folder / "*.tar")
 
 
-def run(args: list[str], timeout: int = 1200) -> subprocess.CompletedProcess:
+def run(args: list[str], timeout: int = 1800) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": CHILD_THREADS}
     t0 = time.perf_counter()
     proc = subprocess.run(
