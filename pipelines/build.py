@@ -1349,9 +1349,10 @@ def _failure_line(e: BaseException, out: str) -> str:
     """The one line of a failed run; the traceback goes to OUT/logs/error.txt when it can."""
     import traceback
 
-    line = one_line(e)
+    cause = _stage_os_error(e)
+    line = one_line(e) if cause is None else cause
     hint = ""
-    if _is_ray_failure(e):
+    if cause is None and _is_ray_failure(e):
         hint = (
             " (Ray failed: a raylet or worker died or the cluster is overloaded; rerun to resume)"
             + _ray_log_hint(out)
@@ -1363,6 +1364,31 @@ def _failure_line(e: BaseException, out: str) -> str:
     except Exception:  # noqa: BLE001 - an OUT that cannot be written: the line is all there is
         return line + hint
     return f"{line}{hint} (traceback in {dataset.url_of(LOGS, 'error.txt')})"
+
+
+def _stage_os_error(e: BaseException) -> str | None:
+    """The one line of an OSError that a stage raised in a worker (a shard commit on a full or
+    read-only OUT), out of Ray's wrappers (RayTaskError, Ray Data's UserCodeException): from the
+    exception itself when Ray kept it, else from the last line of the remote traceback."""
+    import errno as errno_names
+    import re
+
+    seen: set[int] = set()
+    x: BaseException | None = e
+    while x is not None and id(x) not in seen:
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.strerror:
+            return one_line(x)
+        inner = getattr(x, "cause", None)
+        x = inner if isinstance(inner, BaseException) else x.__cause__
+    if not _is_ray_failure(e):
+        return None
+    text = str(getattr(e, "traceback_str", "") or e)
+    found = re.findall(r"^(\w*Error): \[Errno (\d+)\] ([^\n]*)$", text, re.MULTILINE)
+    if not found:
+        return None
+    name, number, rest = found[-1]
+    return f"{name} [{errno_names.errorcode.get(int(number), '')}] {rest}"
 
 
 def _is_ray_failure(e: BaseException) -> bool:
