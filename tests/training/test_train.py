@@ -293,5 +293,16 @@ def test_tiny_overfits_eight_deepface_samples_built_by_fgid_build(
                         keys.append(key)
                     dst.addfile(info, src.extractfile(info))
     assert len(keys) == 8, keys
+    # its commit record, as fgid build writes one (the stream trusts only committed shards)
+    import hashlib
+
+    from fgid_builder.shards import shard_stats, write_stats
+
+    data = chosen[0].read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    tar = {"name": chosen[0].name, "bytes": len(data), "sha256": digest, "keys": sorted(keys)}
+    write_stats(
+        tmp_path / "eight.json", shard_stats(0, tar=tar, images=len(keys), reject_reasons=[])
+    )
     first, last = _overfit(chosen, tmp_path / "run")
     assert last < first / 2, (first, last)
