@@ -5,36 +5,20 @@ record trusted only when the objects match it; nothing temporary is ever written
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
-from fgid_builder.dataset import Dataset, glob_urls, iter_shard_url, url_to_fs
+from fgid_builder.dataset import Dataset, glob_urls, iter_shard_url
 from fgid_builder.index import reject_row
 from fgid_builder.shards import tar_bytes
+from tests.moto_s3 import moto_bucket
 
 BUCKET = "fgid-test"  # S3 bucket names have 3 to 63 characters
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    pytest.importorskip("s3fs")
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-        mp.setenv("AWS_ACCESS_KEY_ID", "test")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "test")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        fs, _ = url_to_fs(f"s3://{BUCKET}")
-        fs.mkdir(BUCKET)
+def s3():
+    with moto_bucket(BUCKET) as fs:
         yield fs
-    server.stop()
 
 
 def _samples(n: int) -> list[dict]:

@@ -10,7 +10,6 @@ import hashlib
 import multiprocessing
 import os
 import signal
-import socket
 from pathlib import Path
 
 import pytest
@@ -19,31 +18,15 @@ from click.testing import CliRunner
 from fgid_builder.erase import EraseRequest, erase
 from fgid_builder.identities import AssignConfig, assign_identities, read_embeddings
 from tests.fgid_builder.tiny_dataset import make_tiny_dataset
+from tests.moto_s3 import moto_bucket
 
 BUCKET = "fgid-erase"
 
 
 @pytest.fixture(scope="module")
 def s3():
-    pytest.importorskip("s3fs")
-    from moto.server import ThreadedMotoServer
-
-    from fgid_builder.dataset import url_to_fs
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-        mp.setenv("AWS_ACCESS_KEY_ID", "test")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "test")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        fs, _ = url_to_fs(f"s3://{BUCKET}")
-        fs.mkdir(BUCKET)
+    with moto_bucket(BUCKET) as fs:
         yield fs
-    server.stop()
 
 
 def _local_files(out: Path) -> dict[str, str]:
